@@ -1,0 +1,36 @@
+"""ClickHouse access: one place that builds clients and applies migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from trustlog.settings import ClickHouseSettings
+
+
+def admin_client(settings: ClickHouseSettings | None = None, **kw: Any) -> Client:
+    s = settings or ClickHouseSettings()
+    return clickhouse_connect.get_client(
+        host=s.ch_host,
+        port=s.ch_port,
+        username=s.ch_user,
+        password=s.ch_password.get_secret_value(),
+        secure=s.ch_secure,
+        connect_timeout=10,
+        send_receive_timeout=120,
+        **kw,
+    )
+
+
+def migrate_all(client: Client, settings: ClickHouseSettings | None = None) -> list[str]:
+    from trustlog.migrate import apply_migrations
+
+    s = settings or ClickHouseSettings()
+    return apply_migrations(
+        client,
+        database=s.ch_database,
+        detail_ttl_days=s.detail_ttl_days,
+        rollup_ttl_days=s.rollup_ttl_days,
+    )
