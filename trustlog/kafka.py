@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+# Largest raw record accepted end to end (producer max_request_size, topic, consumer fetch).
+MAX_RAW_MESSAGE_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,11 @@ class TopicSpec:
     extra: tuple[tuple[str, str], ...] = ()
 
     def configs(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": "delete", **dict(self.extra)}
+        return {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": "delete",
+            **dict(self.extra),
+        }
 
 
 def topic_specs(s: KafkaSettings) -> list[TopicSpec]:
@@ -34,7 +40,13 @@ def topic_specs(s: KafkaSettings) -> list[TopicSpec]:
     p = s.topic_partitions
     return [
         # raw holds content and real identities: hours, never longer than catch-up needs
-        TopicSpec(s.topic_raw, p, int(s.raw_retention_hours * HOUR_MS)),
+        TopicSpec(
+            s.topic_raw,
+            p,
+            int(s.raw_retention_hours * HOUR_MS),
+            # oversized content must reach the redactor to be dead-lettered, not bounce at ingest
+            (("max.message.bytes", str(MAX_RAW_MESSAGE_BYTES)),),
+        ),
         TopicSpec(s.topic_redacted, p, int(s.redacted_retention_days * DAY_MS)),
         TopicSpec(s.topic_deadletter, 1, int(s.deadletter_retention_days * DAY_MS)),
         TopicSpec(s.topic_signals, 1, int(s.signals_retention_days * DAY_MS)),

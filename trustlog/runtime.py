@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -52,7 +51,9 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(service: str, level: str = "INFO", as_json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter(service) if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        JsonFormatter(service)
+        if as_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -162,7 +163,6 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
     health, metrics = Health(), Metrics(name)
     runner = await start_health_server(name, settings, health, metrics)
-    (services_state_dir() / f"{name}.pid").write_text(f"{os.getpid()}\n")
     log.info("service starting")
     try:
         await main(stop, health, metrics)

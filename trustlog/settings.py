@@ -29,6 +29,11 @@ def stack_env_file() -> Path:
     return default_state_dir() / "stack.env"
 
 
+def local_env_file() -> Path:
+    """What `trustlog up` generated for the local services: pseudonym key, API key, ports."""
+    return default_state_dir() / "local.env"
+
+
 class _Base(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TRUSTLOG_",
@@ -40,8 +45,8 @@ class _Base(BaseSettings):
     def __init__(self, **values: Any) -> None:
         # Resolve the env file at construction time, not import time, so tests can point
         # TRUSTLOG_STATE_DIR at their own stack.
-        env_file = stack_env_file()
-        super().__init__(_env_file=env_file if env_file.exists() else None, **values)  # type: ignore[call-arg]
+        files = tuple(str(f) for f in (stack_env_file(), local_env_file()) if f.exists())
+        super().__init__(_env_file=files or None, **values)
 
 
 class KafkaSettings(_Base):

@@ -1,0 +1,3 @@
+from services.redactor.app import main
+
+main()
