@@ -22,3 +22,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     migrate_all(admin_client())
     yield info
     manager.down(state)
+
+
+from tests.slack_receiver import slack_receiver, slack_receiver_server  # noqa: E402,F401  (fixtures)

@@ -61,7 +61,12 @@ def start(state: Path, name: str, module: str, env: dict[str, str] | None = None
     pid = _pid(state, name)
     if pid is not None and _alive(pid, module):
         return pid
-    full_env = {**os.environ, "TRUSTLOG_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
+    full_env = {
+        **os.environ,
+        "TRUSTLOG_STATE_DIR": str(state),
+        "TRUSTLOG_INSTANCE": name,
+        "PYTHONUNBUFFERED": "1",
+    }
     full_env.update(env or {})
     with open(logs / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -121,6 +122,11 @@ class Health:
         }
 
 
+def instance_name(service: str) -> str:
+    """Process name under the state dir; `trustlog up` and tests set it to tell instances apart."""
+    return os.environ.get("TRUSTLOG_INSTANCE") or service
+
+
 def services_state_dir() -> Path:
     d = default_state_dir() / "services"
     d.mkdir(parents=True, exist_ok=True)
@@ -144,7 +150,9 @@ async def start_health_server(
     site = web.TCPSite(runner, settings.health_host, settings.health_port)
     await site.start()
     port = runner.addresses[0][1]
-    (services_state_dir() / f"{name}.health").write_text(f"http://{settings.health_host}:{port}\n")
+    (services_state_dir() / f"{instance_name(name)}.health").write_text(
+        f"http://{settings.health_host}:{port}\n"
+    )
     logging.getLogger(name).info("health endpoint up", extra={"health_port": port})
     return runner
 
@@ -169,5 +177,5 @@ async def run_service(
     finally:
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
-            (services_state_dir() / f"{name}.health").unlink()
+            (services_state_dir() / f"{instance_name(name)}.health").unlink()
         log.info("service stopped")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Make this checkout runnable on a fresh machine: venv, Python packages, JDK/Maven check,
+# Kafka jars (resolved from Maven Central into ~/.cache/trustlog, outside the repo).
+# Idempotent: a second run only re-installs when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing JDK and Maven with apt-get" >&2
+    apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
+  else
+    echo "bootstrap: Kafka needs a JDK (17+) and Maven: install them, e.g." >&2
+    echo "  sudo apt-get install openjdk-17-jdk-headless maven" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.trustlog-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing Python packages" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+echo "bootstrap: resolving Kafka jars (cached after the first run)" >&2
+.venv/bin/python -m trustlog.stack.kafka fetch
