@@ -59,9 +59,7 @@ class Codec:
         if writer is None:
             raise DecodeError("unknown_schema_fingerprint", data[2:HEADER_LEN].hex())
         try:
-            rec = fastavro.schemaless_reader(
-                io.BytesIO(data[HEADER_LEN:]), writer, self.schema
-            )
+            rec = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, self.schema)
         except UnicodeDecodeError as exc:
             raise DecodeError("invalid_utf8", type(exc).__name__) from None
         except Exception as exc:  # fastavro raises several types for truncated/garbled input

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from trustlog.settings import KafkaSettings
@@ -81,8 +82,6 @@ async def ensure_topics(s: KafkaSettings, timeout_s: float = 60.0) -> list[str]:
                 pass
         present = [t for t in specs if t.name in existing]
         if present:
-            from aiokafka.admin import ConfigResource, ConfigResourceType
-
             await admin.alter_configs(
                 [
                     ConfigResource(ConfigResourceType.TOPIC, t.name, configs=t.configs())

@@ -72,7 +72,9 @@ def load_registry(path: Path | None = None) -> Registry:
     for name, spec in storage.items():
         if not set(spec.get("purpose") or ()) <= PURPOSES or not spec.get("purpose"):
             raise RegistryError(f"storage column {name!r} needs a known purpose")
-    return Registry(fields=fields, raw_fields=raw_fields, storage_columns=storage, retention=retention)
+    return Registry(
+        fields=fields, raw_fields=raw_fields, storage_columns=storage, retention=retention
+    )
 
 
 @cache

@@ -21,7 +21,10 @@ from services.redactor.detect import iban_ok, luhn_ok, scan_all
         ("xoxb-1234567890-abcdefghij", "secret"),
         ("sk-proj-" + "x" * 40, "secret"),
         ("-----BEGIN RSA PRIVATE KEY-----", "secret"),
-        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "secret"),
+        (
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "secret",
+        ),
     ],
 )
 def test_detects(text: str, cls: str) -> None:
