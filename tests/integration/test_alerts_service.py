@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.slack_receiver import SlackReceiver, slack_receiver, slack_receiver_server  # noqa: F401
+from tests.slack_receiver import SlackReceiver
 from trustlog.avro import incident_codec, signal_codec
 from trustlog.settings import PROJECT_ROOT, AlertsSettings, default_state_dir
 from trustlog.storage import admin_client
@@ -110,7 +110,7 @@ def settings(stack: object) -> AlertsSettings:
 @pytest.fixture(scope="module")
 def alerts(
     settings: AlertsSettings,
-    slack_receiver_server: SlackReceiver,  # noqa: F811
+    slack_receiver_server: SlackReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AlertsProcess]:
     env = dict(os.environ)  # carries TRUSTLOG_STATE_DIR from the stack fixture
@@ -238,7 +238,7 @@ def _mentions(team: str) -> Callable[[Any], bool]:
 async def test_fifty_spikes_make_one_incident_one_post(
     settings: AlertsSettings,
     alerts: AlertsProcess,
-    slack_receiver: SlackReceiver,  # noqa: F811
+    slack_receiver: SlackReceiver,
 ) -> None:
     team = f"team-{uuid.uuid4().hex[:8]}"
     base = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -285,7 +285,7 @@ async def test_fifty_spikes_make_one_incident_one_post(
 async def test_rate_limited_post_is_retried(
     settings: AlertsSettings,
     alerts: AlertsProcess,
-    slack_receiver: SlackReceiver,  # noqa: F811
+    slack_receiver: SlackReceiver,
 ) -> None:
     team = f"team-{uuid.uuid4().hex[:8]}"
     slack_receiver.fail_next(1, status=429, retry_after=1)
@@ -301,7 +301,7 @@ async def test_rate_limited_post_is_retried(
 async def test_restart_keeps_dedup_and_sigterm_is_clean(
     settings: AlertsSettings,
     alerts: AlertsProcess,
-    slack_receiver: SlackReceiver,  # noqa: F811
+    slack_receiver: SlackReceiver,
 ) -> None:
     team = f"team-{uuid.uuid4().hex[:8]}"
     base = datetime.now(tz=UTC) - timedelta(minutes=30)

@@ -125,7 +125,8 @@ def _event(rng: random.Random, i: int, team: str, when: datetime, burst: bool) -
     return {
         "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
         "event_time": when.isoformat(),
-        "tool": "chat-assistant" if i % 2 else "code-helper",
+        # a burst is one workflow going wild: one team, one tool
+        "tool": "code-helper" if burst or i % 2 == 0 else "chat-assistant",
         "model": model,
         "provider": "openai" if model == "gpt-4o-mini" else None,
         "workspace": WORKSPACE,
@@ -200,6 +201,11 @@ async def _drain(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[bytes]
     finally:
         await c.stop()
     return out
+
+
+def _is_burst_spike(payload: dict[str, Any]) -> bool:
+    text = json.dumps(payload)
+    return BURST_TEAM in text and "cost_spike" in text
 
 
 def _wait_rows(client: Any, db: str, n: int, timeout: float = 120.0) -> int:
@@ -335,12 +341,10 @@ def test_burst_becomes_exactly_one_incident_in_slack(
     client = admin_client()
     db = pipeline.ch.ch_database
     _wait_rows(client, db, N_EVENTS)
-    payloads = pipeline.receiver.wait_for(
-        lambda p: BURST_TEAM in json.dumps(p), count=1, timeout=60
-    )
+    payloads = pipeline.receiver.wait_for(_is_burst_spike, count=1, timeout=60)
     assert payloads, "no Slack message for the burst"
     time.sleep(3)  # anything duplicated would arrive now
-    burst_msgs = pipeline.receiver.payloads(lambda p: BURST_TEAM in json.dumps(p))
+    burst_msgs = pipeline.receiver.payloads(_is_burst_spike)
     assert len(burst_msgs) == 1
     rows = client.query(
         f"SELECT incident_id, rule, owner, signal_count FROM {db}.incidents FINAL WHERE team = {{t:String}}",
@@ -360,7 +364,7 @@ def test_no_canary_after_the_redactor(pipeline: Pipeline, sent: list[dict[str, A
     client = admin_client()
     db = pipeline.ch.ch_database
     _wait_rows(client, db, N_EVENTS)
-    pipeline.receiver.wait_for(lambda p: BURST_TEAM in json.dumps(p), count=1, timeout=60)
+    pipeline.receiver.wait_for(_is_burst_spike, count=1, timeout=60)
     needles = [CANARY.encode(), CANARY_USER_PREFIX.encode(), b"198.51.100.23", b"4111 1111"]
 
     def leaks(blob: bytes) -> list[bytes]:
