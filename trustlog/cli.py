@@ -210,6 +210,7 @@ def down(state_dir: StateOpt = None) -> None:
 
 def _print_status(state: Path) -> None:
     table = Table("process", "pid", "healthy", "health", "log")
+    cwd = Path.cwd()
     for name in (*procs.SERVICES, "demo", "devslack"):
         st = procs.status(state, name)
         if st.running or name in procs.SERVICES:
@@ -218,7 +219,7 @@ def _print_status(state: Path) -> None:
                 str(st.pid or "-"),
                 "yes" if st.healthy else ("-" if name in ("demo", "devslack") else "no"),
                 st.health_url or "-",
-                str(st.log),
+                str(st.log.relative_to(cwd)) if st.log.is_relative_to(cwd) else str(st.log),
             )
     console.print(table)
 
@@ -306,9 +307,9 @@ def incidents_list(
         f"SELECT incident_id, rule, severity, state, team, tool, owner, signal_count, last_seen "
         f"FROM {db}.incidents FINAL {where} ORDER BY last_seen DESC LIMIT 100"
     )
-    table = Table(
-        "id", "rule", "severity", "state", "team", "tool", "owner", "signals", "last seen"
-    )
-    for row in res.result_rows:
-        table.add_row(*(str(v) for v in row))
+    table = Table("id", "rule", "sev", "state", "team", "tool", "owner", "n", "last seen UTC")
+    for iid, rule, sev, state, team, tool, owner, count, last in res.result_rows:
+        table.add_row(
+            iid[:8], rule, sev, state, team, tool, owner, str(count), f"{last:%m-%d %H:%M}"
+        )
     console.print(table)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,11 +43,6 @@ SENSITIVE = [
 ]
 
 
-@dataclass
-class DemoEvent:
-    fields: dict[str, Any]
-
-
 def make_event(
     rng: random.Random, team: str, *, burst: bool = False, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -60,7 +54,7 @@ def make_event(
     if rng.random() < 0.02:
         prompt += " " + rng.choice(SENSITIVE)
     user = f"{team}-user-{rng.randint(1, 12)}@example.com"
-    inp = rng.randint(200, 4000) * (40 if burst else 1)
+    inp = rng.randint(200, 4000) * (100 if burst else 1)
     status = "error" if rng.random() < 0.02 else "ok"
     return {
         "event_id": str(uuid.uuid4()),
@@ -115,14 +109,19 @@ def run(
     rec = Recorder(bootstrap, producer="demo-sdk")
     start = time.monotonic()
     next_burst = start + min(60.0, burst_every_s)
+    burst_team: str | None = None
+    burst_until = 0.0
     pending_http: list[dict[str, Any]] = []
     try:
         while duration_s is None or time.monotonic() - start < duration_s:
             tick = time.monotonic()
-            burst_team = None
             if tick >= next_burst:
+                # one team's workflow goes wild for 20 s: enough to cross the spike minimum
                 burst_team = rng.choice(list(TEAMS))
+                burst_until = tick + 20.0
                 next_burst = tick + burst_every_s
+            elif tick >= burst_until:
+                burst_team = None
             n = max(1, int(rate))
             for i in range(n):
                 team = burst_team if burst_team and i % 2 == 0 else rng.choice(list(TEAMS))
