@@ -58,14 +58,18 @@ class Codec:
         writer = self._readers.get(data[2:HEADER_LEN])
         if writer is None:
             raise DecodeError("unknown_schema_fingerprint", data[2:HEADER_LEN].hex())
+        body = io.BytesIO(data[HEADER_LEN:])
         try:
-            rec = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, self.schema)
+            rec = fastavro.schemaless_reader(body, writer, self.schema)
         except UnicodeDecodeError as exc:
             raise DecodeError("invalid_utf8", type(exc).__name__) from None
         except Exception as exc:  # fastavro raises several types for truncated/garbled input
             raise DecodeError("malformed_avro", type(exc).__name__) from None
         if not isinstance(rec, dict):
             raise DecodeError("malformed_avro", "not a record")
+        if body.tell() != len(data) - HEADER_LEN:
+            # a valid record followed by junk is not one message: refuse rather than guess
+            raise DecodeError("trailing_bytes")
         return rec
 
 

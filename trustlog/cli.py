@@ -15,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from trustlog import procs
+from trustlog.governance.cli import audit_app, case_app, roles_app
 from trustlog.settings import default_state_dir, local_env_file
 
 app = typer.Typer(no_args_is_help=True, help=__doc__, add_completion=False)
@@ -22,6 +23,9 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + ClickHouse
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents routed to owners.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(incidents_app, name="incidents")
+app.add_typer(roles_app, name="roles")
+app.add_typer(case_app, name="case")
+app.add_typer(audit_app, name="audit")
 console = Console()
 
 StateOpt = Annotated[
@@ -122,7 +126,18 @@ def migrate(state_dir: StateOpt = None) -> None:
     from trustlog.storage import admin_client, migrate_all
 
     applied = migrate_all(admin_client())
+    _sync_roles()
     console.print(f"applied: {', '.join(applied) if applied else 'nothing new'}")
+
+
+def _sync_roles() -> None:
+    """Write role config the database needs (group-size floor, employees' own pseudonyms)."""
+    from trustlog.governance import roles as gov_roles
+    from trustlog.settings import GovernanceSettings
+    from trustlog.storage import admin_client
+
+    gs = GovernanceSettings()
+    gov_roles.sync(admin_client(), gov_roles.load_roles(gs.roles_file), gs.ch_database)
 
 
 @app.command()
@@ -160,6 +175,7 @@ def up(
         env = ensure_local_env(state)
         prog.update(task, description="applying ClickHouse migrations")
         migrate_all(admin_client())
+        _sync_roles()
         if "TRUSTLOG_DEVSLACK_PORT" in env:
             prog.update(task, description="starting local Slack receiver")
             procs.start(state, "devslack", "trustlog.devslack")

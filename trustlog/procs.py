@@ -40,11 +40,18 @@ def _dirs(state: Path) -> tuple[Path, Path]:
 
 def _alive(pid: int, name: str) -> bool:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
+    if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        return False
+    if not cmd:
+        # Right after fork/exec the kernel can show an empty cmdline for a live process.
+        return True
+    parts = cmd.split(b"\0")
     # pid files can outlive their process; only a process started for this name counts
-    return any(name.encode() in part for part in cmd) and b"-m" in cmd
+    return any(name.encode() in part for part in parts) and b"-m" in parts
 
 
 def _pid(state: Path, name: str) -> int | None:

@@ -1,7 +1,15 @@
-"""The field registry (``schemas/fields.yaml``): what is kept, for which purpose, for how long."""
+"""The field registry (``schemas/fields.yaml``): what is accepted and kept, why, for whom, how long.
+
+Loading validates every entry (type, purpose, why, roles, retention; a disposition for raw
+fields) and refuses the whole file on any gap, so a field without a purpose cannot reach a
+build. :func:`schema_mismatches` checks the Avro schemas against it; the redactor runs it at
+start-up and the tests run it too.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -12,7 +20,15 @@ import yaml
 from trustlog.settings import SCHEMAS_DIR
 
 PURPOSES = frozenset({"billing", "security", "legal"})
+# Declared, deliberate absence of a purpose: only for raw fields that are dropped on arrival.
+NO_PURPOSE = "none"
+ROLES = frozenset({"finance", "manager", "security", "employee"})
 RAW_DISPOSITIONS = frozenset({"pseudonymize", "drop", "scan_then_drop"})
+KEEP = "keep"
+TRANSIENT = "transient"
+_SCALARS = frozenset({"string", "int", "long", "timestamp", "enum", "boolean", "double"})
+_CONTAINER = re.compile(r"^(array|map)<([a-z]+)>$")
+_REQUIRED = ("type", "purpose", "why", "roles", "retention")
 
 
 class RegistryError(ValueError):
@@ -27,56 +43,227 @@ class FieldSpec:
     why: str
     roles: tuple[str, ...]
     retention: str
+    disposition: str = KEEP
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    purpose: tuple[str, ...]
+    why: str
+    roles: tuple[str, ...]
+    retention: str
 
 
 @dataclass(frozen=True)
 class Registry:
     fields: dict[str, FieldSpec]
-    raw_fields: dict[str, str]
-    storage_columns: dict[str, dict[str, Any]]
+    raw_fields: dict[str, FieldSpec]
+    storage_columns: dict[str, ColumnSpec]
+    rollup_columns: dict[str, ColumnSpec]
     retention: dict[str, dict[str, Any]]
 
     @property
     def kept(self) -> frozenset[str]:
         return frozenset(self.fields)
 
+    def raw_with(self, disposition: str) -> tuple[str, ...]:
+        return tuple(n for n, f in self.raw_fields.items() if f.disposition == disposition)
+
+
+def valid_type(t: str) -> bool:
+    m = _CONTAINER.match(t)
+    return t in _SCALARS or (m is not None and m.group(2) in _SCALARS)
+
+
+def _str_list(spec: dict[str, Any], key: str, where: str, errors: list[str]) -> tuple[str, ...]:
+    v = spec.get(key)
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        errors.append(f"{where}: {key} must be a list of names")
+        return ()
+    return tuple(v)
+
+
+def _common(
+    where: str, spec: Any, retention: dict[str, Any], errors: list[str], *, typed: bool
+) -> tuple[tuple[str, ...], str, tuple[str, ...], str] | None:
+    """Checks shared by fields and columns. Returns (purpose, why, roles, retention)."""
+    if not isinstance(spec, dict):
+        errors.append(f"{where}: must be a mapping")
+        return None
+    missing = [k for k in _REQUIRED if k not in spec and (typed or k != "type")]
+    if missing:
+        errors.append(f"{where}: missing {', '.join(missing)}")
+        return None
+    purpose = _str_list(spec, "purpose", where, errors)
+    roles = _str_list(spec, "roles", where, errors)
+    if not purpose:
+        errors.append(f"{where}: has no purpose")
+    unknown = set(purpose) - PURPOSES - {NO_PURPOSE}
+    if unknown:
+        errors.append(f"{where}: unknown purpose(s) {sorted(unknown)}")
+    if NO_PURPOSE in purpose and len(purpose) > 1:
+        errors.append(f"{where}: purpose 'none' cannot be combined with a purpose")
+    if set(roles) - ROLES:
+        errors.append(f"{where}: unknown role(s) {sorted(set(roles) - ROLES)}")
+    why = spec.get("why")
+    if not isinstance(why, str) or not why.strip():
+        errors.append(f"{where}: does not say why")
+    ret = spec.get("retention")
+    if ret not in retention:
+        errors.append(f"{where}: unknown retention class {ret!r}")
+    if typed and not (isinstance(spec["type"], str) and valid_type(spec["type"])):
+        errors.append(f"{where}: unknown type {spec['type']!r}")
+    return purpose, str(why), roles, str(ret)
+
+
+def _kept_field(name: str, spec: Any, retention: dict[str, Any], errors: list[str]) -> FieldSpec:
+    where = f"field {name!r}"
+    c = _common(where, spec, retention, errors, typed=True)
+    if c is None:
+        return FieldSpec(name, "", (), "", (), "")
+    purpose, why, roles, ret = c
+    if NO_PURPOSE in purpose:
+        errors.append(f"{where}: a kept field needs a purpose")
+    if not roles:
+        errors.append(f"{where}: a kept field nobody may read has no reason to be kept")
+    if ret == TRANSIENT:
+        errors.append(f"{where}: transient retention is for raw fields only")
+    return FieldSpec(name, str(spec["type"]), purpose, why, roles, ret)
+
+
+def _raw_field(name: str, spec: Any, retention: dict[str, Any], errors: list[str]) -> FieldSpec:
+    where = f"raw field {name!r}"
+    c = _common(where, spec, retention, errors, typed=True)
+    if c is None:
+        return FieldSpec(name, "", (), "", (), "")
+    purpose, why, roles, ret = c
+    disp = spec.get("disposition")
+    if disp not in RAW_DISPOSITIONS:
+        errors.append(f"{where}: unknown disposition {disp!r}")
+    if NO_PURPOSE in purpose and disp != "drop":
+        errors.append(f"{where}: only a dropped field may have purpose 'none'")
+    if disp == "scan_then_drop" and spec["type"] != "string":
+        errors.append(f"{where}: only strings can be scanned")
+    if roles:
+        errors.append(f"{where}: nobody reads raw fields, roles must be []")
+    if ret != TRANSIENT:
+        errors.append(f"{where}: raw fields live only in the raw topic (retention transient)")
+    return FieldSpec(name, str(spec["type"]), purpose, why, roles, ret, str(disp))
+
+
+def _column(
+    kind: str, name: str, spec: Any, retention: dict[str, Any], errors: list[str]
+) -> ColumnSpec:
+    where = f"{kind} {name!r}"
+    c = _common(where, spec, retention, errors, typed=False)
+    if c is None:
+        return ColumnSpec(name, (), "", (), "")
+    purpose, why, roles, ret = c
+    if NO_PURPOSE in purpose:
+        errors.append(f"{where}: a stored column needs a purpose")
+    return ColumnSpec(name, purpose, why, roles, ret)
+
+
+def _section(data: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]:
+    v = data.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        errors.append(f"{key}: must be a mapping")
+        return {}
+    return v
+
+
+def parse_registry(data: Any) -> Registry:
+    """Validate a loaded ``fields.yaml``; every problem is reported at once."""
+    if not isinstance(data, dict):
+        raise RegistryError("registry must be a mapping")
+    errors: list[str] = []
+    retention = _section(data, "retention", errors)
+    fields = {
+        n: _kept_field(n, s, retention, errors) for n, s in _section(data, "fields", errors).items()
+    }
+    raw = {
+        n: _raw_field(n, s, retention, errors)
+        for n, s in _section(data, "raw_fields", errors).items()
+    }
+    both = sorted(set(fields) & set(raw))
+    if both:
+        errors.append(f"in both fields and raw_fields: {both}")
+    if len([f for f in raw.values() if f.disposition == "pseudonymize"]) != 1:
+        errors.append("exactly one raw field must be the identity to pseudonymize")
+    storage = {
+        n: _column("storage column", n, s, retention, errors)
+        for n, s in _section(data, "storage_columns", errors).items()
+    }
+    rollup = {
+        n: _column("rollup column", n, s, retention, errors)
+        for n, s in _section(data, "rollup_columns", errors).items()
+    }
+    if errors:
+        raise RegistryError("invalid field registry:\n  " + "\n  ".join(errors))
+    return Registry(fields, raw, storage, rollup, retention)
+
 
 def load_registry(path: Path | None = None) -> Registry:
-    data = yaml.safe_load((path or SCHEMAS_DIR / "fields.yaml").read_text())
-    retention = data.get("retention") or {}
-    fields: dict[str, FieldSpec] = {}
-    for name, spec in (data.get("fields") or {}).items():
-        purpose = tuple(spec.get("purpose") or ())
-        if not purpose:
-            raise RegistryError(f"field {name!r} has no purpose")
-        unknown = set(purpose) - PURPOSES
-        if unknown:
-            raise RegistryError(f"field {name!r} has unknown purpose(s) {sorted(unknown)}")
-        if not spec.get("why"):
-            raise RegistryError(f"field {name!r} does not say why it is kept")
-        if spec.get("retention") not in retention:
-            raise RegistryError(f"field {name!r} has unknown retention class")
-        fields[name] = FieldSpec(
-            name=name,
-            type=str(spec["type"]),
-            purpose=purpose,
-            why=str(spec["why"]),
-            roles=tuple(spec.get("roles") or ()),
-            retention=str(spec["retention"]),
-        )
-    raw_fields = dict(data.get("raw_fields") or {})
-    for name, disp in raw_fields.items():
-        if disp not in RAW_DISPOSITIONS:
-            raise RegistryError(f"raw field {name!r} has unknown disposition {disp!r}")
-    storage = dict(data.get("storage_columns") or {})
-    for name, spec in storage.items():
-        if not set(spec.get("purpose") or ()) <= PURPOSES or not spec.get("purpose"):
-            raise RegistryError(f"storage column {name!r} needs a known purpose")
-    return Registry(
-        fields=fields, raw_fields=raw_fields, storage_columns=storage, retention=retention
-    )
+    return parse_registry(yaml.safe_load((path or SCHEMAS_DIR / "fields.yaml").read_text()))
 
 
 @cache
 def registry() -> Registry:
     return load_registry()
+
+
+# ---------------------------------------------------------------------------- schema checks
+
+
+def load_avsc(name: str) -> dict[str, Any]:
+    """The JSON of ``schemas/<name>.avsc`` (not fastavro's parsed form, which renames types)."""
+    data: dict[str, Any] = json.loads((SCHEMAS_DIR / f"{name}.avsc").read_text())
+    return data
+
+
+def avro_type(t: Any) -> str:
+    """An Avro field type in registry notation; a ``["null", X]`` union counts as X."""
+    if isinstance(t, list):
+        members = [m for m in t if m != "null"]
+        return avro_type(members[0]) if len(members) == 1 else "union"
+    if isinstance(t, dict):
+        kind = t.get("type")
+        if kind == "long" and str(t.get("logicalType", "")).startswith("timestamp-"):
+            return "timestamp"
+        if kind == "array":
+            return f"array<{avro_type(t['items'])}>"
+        if kind == "map":
+            return f"map<{avro_type(t['values'])}>"
+        if kind in ("enum", "record", "fixed"):
+            return str(kind)
+        return avro_type(kind)
+    return str(t)
+
+
+def schema_mismatches(
+    reg: Registry, raw_schema: dict[str, Any], redacted_schema: dict[str, Any]
+) -> list[str]:
+    """Everything in the raw and redacted Avro schemas that disagrees with the registry."""
+    problems: list[str] = []
+    raw = {f["name"]: avro_type(f["type"]) for f in raw_schema["fields"]}
+    red = {f["name"]: avro_type(f["type"]) for f in redacted_schema["fields"]}
+    for name, t in red.items():
+        spec = reg.fields.get(name)
+        if spec is None:
+            problems.append(f"redacted field {name!r} is not in the registry")
+        elif spec.type != t:
+            problems.append(f"redacted field {name!r} is {t} in Avro, {spec.type} in the registry")
+    for name in sorted(reg.kept - set(red)):
+        problems.append(f"registered field {name!r} is missing from the redacted schema")
+    for name, t in raw.items():
+        spec = reg.raw_fields.get(name) or reg.fields.get(name)
+        if spec is None:
+            problems.append(f"raw field {name!r} is not in the registry")
+        elif spec.type != t:
+            problems.append(f"raw field {name!r} is {t} in Avro, {spec.type} in the registry")
+    for name in sorted(set(reg.raw_fields) - set(raw)):
+        problems.append(f"raw_fields entry {name!r} is not in the raw schema")
+    return problems

@@ -8,12 +8,13 @@ always win, which is how docker-compose and production deployments configure the
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS_DIR = PROJECT_ROOT / "schemas"
@@ -49,6 +50,9 @@ class _Base(BaseSettings):
         super().__init__(_env_file=files or None, **values)
 
 
+MAX_RAW_RETENTION_HOURS = 24
+
+
 class KafkaSettings(_Base):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_raw: str = "ai-usage.raw.v1"
@@ -58,12 +62,17 @@ class KafkaSettings(_Base):
     topic_incidents: str = "ai-usage.incidents.v1"
     topic_partitions: int = 3
     # Raw events hold content and real identities: keep them only as long as the redactor
-    # could need to catch up after an outage.
-    raw_retention_hours: float = 6.0
-    redacted_retention_days: float = 7.0
-    deadletter_retention_days: float = 7.0
+    # could need to catch up after an outage. Longer than a day is refused (the `transient`
+    # class of schemas/fields.yaml); a redactor down that long has to be fixed, not waited for.
+    raw_retention_hours: float = Field(default=6.0, gt=0, le=MAX_RAW_RETENTION_HOURS)
+    # Pseudonymised detail; never longer than the `detail` class maximum (90 days).
+    redacted_retention_days: float = Field(default=7.0, gt=0, le=90)
+    deadletter_retention_days: float = Field(default=7.0, gt=0, le=90)
     signals_retention_days: float = 14.0
     incidents_retention_days: float = 30.0
+
+
+DETAIL_TTL_MIN_DAYS, DETAIL_TTL_MAX_DAYS = 30, 90
 
 
 class ClickHouseSettings(_Base):
@@ -73,9 +82,28 @@ class ClickHouseSettings(_Base):
     ch_password: SecretStr = SecretStr("")
     ch_database: str = "trustlog"
     ch_secure: bool = False
-    # Detail rows are deleted by ClickHouse itself after this many days.
+    # Detail rows are deleted by ClickHouse itself after this many days. 30..90 is the
+    # detail retention class of schemas/fields.yaml; a value outside it is refused unless
+    # detail_ttl_unchecked is set, which exists for tests and demos on throwaway databases
+    # (the retention test needs rows that expire within seconds).
     detail_ttl_days: int = Field(default=60, ge=1, le=3650)
+    detail_ttl_unchecked: bool = False
+    # Hourly and daily rollups: no pseudonyms, kept for year-over-year budget review.
     rollup_ttl_days: int = Field(default=400, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _retention_bounds(self) -> ClickHouseSettings:
+        if not self.detail_ttl_unchecked and not (
+            DETAIL_TTL_MIN_DAYS <= self.detail_ttl_days <= DETAIL_TTL_MAX_DAYS
+        ):
+            raise ValueError(
+                f"detail_ttl_days={self.detail_ttl_days} is outside "
+                f"{DETAIL_TTL_MIN_DAYS}..{DETAIL_TTL_MAX_DAYS} (set TRUSTLOG_DETAIL_TTL_UNCHECKED "
+                "only for a throwaway test database)"
+            )
+        if self.rollup_ttl_days <= self.detail_ttl_days:
+            raise ValueError("rollup_ttl_days must exceed detail_ttl_days: rollups outlive detail")
+        return self
 
 
 class ServiceSettings(KafkaSettings):
@@ -99,8 +127,14 @@ class IngestSettings(ServiceSettings):
 
 
 class RedactorSettings(ServiceSettings):
+    # Validation errors would otherwise echo the input, i.e. the pseudonym keys.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     # JSON object: key version -> secret. Pseudonyms are HMAC-SHA256(secret, user id).
-    pseudonym_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # NoDecode: the JSON text of the highest-priority source replaces the others whole;
+    # decoded dicts would be merged key by key, and a key retired from the environment
+    # would live on from an env file (docs/identity.md).
+    pseudonym_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     pseudonym_key_version: str = "1"
     directory_file: Path | None = None  # user id -> team, for producers that send no team
     batch_max_records: int = 2000
@@ -109,6 +143,16 @@ class RedactorSettings(ServiceSettings):
     max_event_age_days: float = 7.0
     transactional_id: str = "trustlog-redactor-0"
 
+    @field_validator("pseudonym_keys", mode="before")
+    @classmethod
+    def _keys_from_json(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        try:
+            return json.loads(v) if v.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError("must be a JSON object: key version -> secret") from None
+
     @field_validator("pseudonym_keys")
     @classmethod
     def _keys_not_empty(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
@@ -116,6 +160,22 @@ class RedactorSettings(ServiceSettings):
             if len(key.get_secret_value()) < 16:
                 raise ValueError(f"pseudonym key version {version!r} is shorter than 16 chars")
         return v
+
+    @model_validator(mode="after")
+    def _current_key_configured(self) -> RedactorSettings:
+        # An empty key set is refused when the redactor starts (Pseudonymizer), not here.
+        keys = self.pseudonym_keys
+        if keys and self.pseudonym_key_version not in keys:
+            raise ValueError(
+                f"TRUSTLOG_PSEUDONYM_KEY_VERSION={self.pseudonym_key_version!r} is not a "
+                "version in TRUSTLOG_PSEUDONYM_KEYS"
+            )
+        secrets = [k.get_secret_value() for k in keys.values()]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError(
+                "two pseudonym key versions share a secret: rotating would change nothing"
+            )
+        return self
 
 
 class AggregatorSettings(ServiceSettings, ClickHouseSettings):
@@ -126,10 +186,46 @@ class AggregatorSettings(ServiceSettings, ClickHouseSettings):
     spike_baseline_windows: int = 10
     spike_factor: float = 2.0
     spike_min_usd: float = 5.0
+    # Kafka consumer group; tests run their own aggregator on their own topic and group.
+    consumer_group: str = "trustlog-aggregator"
+    # TEST ONLY, 0 (off) in every deployment: sleep this long after ClickHouse acknowledged
+    # a batch and before its offsets are committed, so a test can SIGKILL the aggregator in
+    # exactly that window and prove the restart neither loses nor double counts the batch.
+    test_pause_before_commit_seconds: float = Field(default=0.0, ge=0.0, le=60.0)
 
 
 class AlertsSettings(ServiceSettings, ClickHouseSettings):
     slack_webhook_url: str | None = None
+    # JSON object: Slack channel -> its incoming webhook URL (a webhook posts to one channel);
+    # channels not listed use slack_webhook_url.
+    slack_channel_webhooks: dict[str, SecretStr] = Field(default_factory=dict)
     routing_file: Path = CONFIG_DIR / "routing.yaml"
+    # Tools each team may use; None turns the unapproved-tool check off.
+    approved_tools_file: Path | None = CONFIG_DIR / "approved_tools.yaml"
+    unapproved_tool_check_seconds: float = Field(default=60.0, gt=0)
     cooldown_seconds: int = 3600
+    # A resolved incident whose signal recurs within this long is reopened; later, a new
+    # incident opens.
+    reopen_window_seconds: int = Field(default=7 * 86400, ge=0)
+    escalation_check_seconds: float = Field(default=15.0, gt=0)
     faust_data_dir: Path | None = None
+    # Lifecycle commands (ack/resolve/escalate) and the durable Slack outbox (compacted).
+    topic_incident_commands: str = "ai-usage.incident-commands.v1"
+    topic_slack_outbox: str = "ai-usage.slack-outbox.v1"
+    # The agent takes signals in batches: up to this many, waiting at most this long.
+    signal_batch_max: int = Field(default=1000, ge=1)
+    signal_batch_wait_seconds: float = Field(default=0.05, gt=0)
+    # Longest wait between retries of a notification Slack did not accept.
+    slack_retry_max_seconds: float = Field(default=300.0, gt=0)
+    # When set, POST /v1/incidents/... needs "Authorization: Bearer <token>".
+    incident_api_token: SecretStr | None = None
+    # Optional link for Slack's "Open incident" button, e.g. https://ops.example/i/{incident_id}
+    incident_link_template: str | None = None
+
+
+class GovernanceSettings(ClickHouseSettings):
+    """`trustlog roles | case | audit` (docs/governance.md): who may read what, and cases."""
+
+    # Role accounts, minimum group size and case limits; one file for users.xml and for the
+    # SQL a production server is given.
+    roles_file: Path = CONFIG_DIR / "roles.yaml"

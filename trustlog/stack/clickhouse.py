@@ -127,14 +127,36 @@ def _user_xml(user: UserDef) -> list[str]:
     return out
 
 
-def render_users_xml(extra_users: Sequence[UserDef] = ()) -> str:
-    """users.xml with the locked-down ``default`` user plus ``extra_users`` (admin, roles...)."""
+def _profile_xml(name: str, settings: Mapping[str, str | int]) -> list[str]:
+    _check_ident("profile", name)
+    if name == "default":
+        raise ValueError("the `default` profile is reserved (the internal serving query uses it)")
+    out = [f"    <{name}>"]
+    for key, value in settings.items():
+        _check_ident("setting", key)
+        out.append(f"      <{key}>{escape(str(value))}</{key}>")
+    out.append(f"    </{name}>")
+    return out
+
+
+def render_users_xml(
+    extra_users: Sequence[UserDef] = (),
+    profiles: Mapping[str, Mapping[str, str | int]] | None = None,
+) -> str:
+    """users.xml with the locked-down ``default`` user plus ``extra_users`` (admin, roles...).
+
+    ``profiles`` adds settings profiles next to the empty ``default`` one, e.g. a
+    ``readonly = 1`` profile for role accounts (they may then change no setting at all).
+    """
+    profiles = profiles or {}
     seen: set[str] = set()
     for user in extra_users:
         if user.name == "default":
             raise ValueError("the `default` user is reserved for the internal serving query")
         if user.name in seen:
             raise ValueError(f"user {user.name!r} is declared twice")
+        if user.profile != "default" and user.profile not in profiles:
+            raise ValueError(f"user {user.name!r}: unknown profile {user.profile!r}")
         seen.add(user.name)
     lines = [
         '<?xml version="1.0"?>',
@@ -142,6 +164,7 @@ def render_users_xml(extra_users: Sequence[UserDef] = ()) -> str:
         "<clickhouse>",
         "  <profiles>",
         "    <default/>",
+        *(line for name, st in profiles.items() for line in _profile_xml(name, st)),
         "  </profiles>",
         "  <quotas>",
         "    <default/>",

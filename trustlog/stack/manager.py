@@ -664,10 +664,15 @@ def up(
 
         password = clickhouse.load_or_create_password(layout.ch_password)
         layout.ch_dir.mkdir(parents=True, exist_ok=True)
-        # Always rewritten: a running server picks up users.xml changes by itself.
-        _write_private(
-            layout.ch_users, clickhouse.render_users_xml([clickhouse.admin_user(password)])
-        )
+        # The embedded server reads users.xml only when it starts (checked on chdb-core 26.9:
+        # no reload after a change, SYSTEM RELOAD USERS is a no-op), so restart it on a change.
+        from trustlog.governance.roles import stack_users_xml
+
+        users_xml = stack_users_xml(layout.state_dir, password)
+        changed = not layout.ch_users.exists() or layout.ch_users.read_text() != users_xml
+        _write_private(layout.ch_users, users_xml)
+        if changed:
+            _stop_all([(layout.ch_pid, layout.ch_markers())], STOP_TIMEOUT)
 
         components = [
             _Component(
