@@ -62,3 +62,96 @@ def test_returns_counts_not_text() -> None:
     out = scan_all("a@b.co c@d.co 4111 1111 1111 1111")
     assert out == {"email": 2, "payment_card": 1}
     assert all(isinstance(v, int) for v in out.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "cls"),
+    [
+        ("call +44 20 7946 0958 tomorrow", "phone"),
+        ("(415) 555-0132", "phone"),
+        ("Tel: 020 7946 0958", "phone"),
+        ('{"to": "+14155550132"}', "phone"),
+        ("reach me on 07700 900123", "phone"),
+        ("peer 2001:db8::8a2e:370:7334 dropped", "ip_address"),
+        ("curl http://[fe80::1ff:fe23:4567:890a]:8080/", "ip_address"),
+        ("allow 10.0.0.0/8", "ip_address"),
+        ("Bank: GB29 NWBK 6016 1331 9268 19", "iban"),
+        ("amex 3782 822463 10005", "payment_card"),
+        ("SSN: 123456789", "us_ssn"),
+        ("https://hooks.slack.com/services/T0ABCDEFG/B0ABCDEFG/abcdefghijklmnopqrstuvwx", "secret"),
+        ("github_pat_" + "a1B2" * 6 + "_" + "Zz9" * 20, "secret"),
+        ("sk-ant-api03-" + "Ab3_" * 24, "secret"),
+        ("aws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "secret"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEA\n", "secret"),
+    ],
+)
+def test_detects_more_formats(text: str, cls: str) -> None:
+    assert cls in scan_all(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "upgrade to version 1.2.3.4 first",
+        "pip install acme==1.2.3.4",
+        "see section 4.2.1.3 of the contract",
+        "OID 1.3.6.1.4.1.311.21.7",
+        "app_version=2.10.0.7",
+        "![logo](assets/icon@2x.png)",
+        "git clone git@github.com:acme/api.git",
+        "@app.route('/health')",
+        "npm install lodash@4.17.21",
+        "scores = q@k.transpose(-2, -1)",
+        "shipped on 2024-05-15 at 10:32:05",
+        "call back in 15 minutes",
+        "ISBN 978-0-13-468599-1",
+        "build 2024.05.123",
+        "+123 -45 lines changed",
+        "order number 2345678901",
+        "batch sizes 256 512 1024",
+        "ZIP 94107-1234",
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
+        "from sklearn import svm  # sk-learn",
+        "export OPENAI_API_KEY=sk-your-openai-api-key-goes-here",
+        "xoxo-hugs from the team",
+        "export GITHUB_TOKEN=ghp_<your-token-here>",
+        "std::vector<int> xs; evens = xs[::2]",
+        "MAC 00:1a:2b:3c:4d:5e at 12:30:45",
+        "tracking number 9400111899223397",
+        "card ending in 4242",
+        "ts=1718031234567",
+    ],
+)
+def test_hard_negatives_find_nothing(text: str) -> None:
+    assert scan_all(text) == {}, text
+
+
+def test_table_of_people_is_bulk_but_table_of_metrics_is_not() -> None:
+    people = "first_name\tlast_name\tdepartment\n" + "\n".join(
+        f"Ann{i}\tLee\tsales" for i in range(25)
+    )
+    assert scan_all(people).get("bulk_personal_data") == 1
+    metrics = "timestamp,host,cpu_pct,mem_mb\n" + "\n".join(
+        f"2024-05-01T10:{i:02d}:00Z,web-1,{i}.5,{512 + i}" for i in range(40)
+    )
+    assert "bulk_personal_data" not in scan_all(metrics)
+
+
+def test_accelerated_and_pure_re_paths_agree() -> None:
+    from services.redactor import detect
+
+    if not detect.set_accelerator(True):
+        pytest.skip("hyperscan is not installed: only the pure re path exists here")
+    texts = [
+        "pay 4111 1111 1111 1111, mail a@b.co, call (415) 555-0132, host 10.0.0.1",
+        "Tel: 020 7946 0958 / SSN: 123456789 / DE89 3704 0044 0532 0130 00 é ٣",
+        "version 1.2.3.4 and 2001:db8::1 and sk-" + "a1B2" * 10,
+    ]
+    try:
+        fast = [scan_all(t) for t in texts]
+        assert detect.accelerator() == "hyperscan"
+        detect.set_accelerator(False)
+        assert detect.accelerator() == "re"
+        assert [scan_all(t) for t in texts] == fast
+    finally:
+        detect.set_accelerator(True)

@@ -1,0 +1,3 @@
+from tests.corpus.synth import main
+
+main()
