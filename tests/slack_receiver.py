@@ -119,6 +119,7 @@ class Received:
     status: int
     payload: Any
     at: float = field(default_factory=time.time)
+    path: str = ""
 
 
 class SlackReceiver:
@@ -128,6 +129,7 @@ class SlackReceiver:
         self.host = host
         self.port = 0
         self.accepted: list[dict[str, Any]] = []
+        self.accepted_paths: list[str] = []  # the webhook path of each accepted payload
         self.requests: list[Received] = []
         self._failures: deque[tuple[int, float | None]] = deque()
         self._lock = threading.Lock()
@@ -138,7 +140,11 @@ class SlackReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/services/T000/B000/XXXX"
+        return self.url_for("B000")
+
+    def url_for(self, hook: str) -> str:
+        """Another webhook on the same receiver (Slack has one URL per channel)."""
+        return f"http://{self.host}:{self.port}/services/T000/{hook}/XXXX"
 
     # --- control, called from tests -------------------------------------------------------
 
@@ -148,15 +154,31 @@ class SlackReceiver:
             for _ in range(n):
                 self._failures.append((status, retry_after if status == 429 else None))
 
+    def stop_failing(self) -> None:
+        """Drop the forced failures not used yet: the receiver answers normally again."""
+        with self._lock:
+            self._failures.clear()
+
     def reset(self) -> None:
         with self._lock:
             self.accepted.clear()
+            self.accepted_paths.clear()
             self.requests.clear()
             self._failures.clear()
 
-    def payloads(self, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[Any]:
+    def payloads(
+        self,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+        *,
+        hook: str | None = None,
+    ) -> list[Any]:
+        """Accepted payloads matching ``predicate``; only those posted to ``hook`` if given."""
         with self._lock:
-            return [p for p in self.accepted if predicate is None or predicate(p)]
+            return [
+                p
+                for p, path in zip(self.accepted, self.accepted_paths, strict=True)
+                if (predicate is None or predicate(p)) and (hook is None or f"/{hook}/" in path)
+            ]
 
     def attempts(self, predicate: Callable[[Any], bool] | None = None) -> list[Received]:
         with self._lock:
@@ -188,13 +210,14 @@ class SlackReceiver:
             forced = self._failures.popleft() if self._failures else None
             if forced is not None:
                 status, retry_after = forced
-                self.requests.append(Received(status, payload))
+                self.requests.append(Received(status, payload, path=request.path))
             else:
                 error = validate_payload(payload)
                 status = 400 if error else 200
-                self.requests.append(Received(status, payload))
+                self.requests.append(Received(status, payload, path=request.path))
                 if error is None:
                     self.accepted.append(payload)
+                    self.accepted_paths.append(request.path)
         if forced is not None:
             headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else {}
             body = "rate_limited" if status == 429 else "internal_error"

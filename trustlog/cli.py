@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.alerts.cli import incidents_app
 from trustlog import procs
 from trustlog.governance.cli import audit_app, case_app, roles_app
 from trustlog.settings import default_state_dir, local_env_file
 
 app = typer.Typer(no_args_is_help=True, help=__doc__, add_completion=False)
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + ClickHouse stack.")
-incidents_app = typer.Typer(no_args_is_help=True, help="Incidents routed to owners.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(roles_app, name="roles")
@@ -304,28 +304,4 @@ def spend(
     table = Table("team", "tool", "requests", "cost (USD)", "unpriced calls")
     for team, tool, reqs, cost, unpriced in res.result_rows:
         table.add_row(team, tool, str(reqs), f"{cost:.4f}", str(unpriced))
-    console.print(table)
-
-
-@incidents_app.command("list")
-def incidents_list(
-    state_dir: StateOpt = None,
-    all_states: Annotated[bool, typer.Option("--all", help="Include resolved")] = False,
-) -> None:
-    """Incidents, newest first (latest version of each)."""
-    _state(state_dir)
-    from trustlog.settings import ClickHouseSettings
-    from trustlog.storage import admin_client
-
-    db = ClickHouseSettings().ch_database
-    where = "" if all_states else "WHERE state != 'resolved'"
-    res = admin_client().query(
-        f"SELECT incident_id, rule, severity, state, team, tool, owner, signal_count, last_seen "
-        f"FROM {db}.incidents FINAL {where} ORDER BY last_seen DESC LIMIT 100"
-    )
-    table = Table("id", "rule", "sev", "state", "team", "tool", "owner", "n", "last seen UTC")
-    for iid, rule, sev, state, team, tool, owner, count, last in res.result_rows:
-        table.add_row(
-            iid[:8], rule, sev, state, team, tool, owner, str(count), f"{last:%m-%d %H:%M}"
-        )
     console.print(table)

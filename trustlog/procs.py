@@ -140,10 +140,13 @@ def status(state: Path, name: str) -> ProcStatus:
 
 
 def wait_healthy(state: Path, name: str, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while time.monotonic() < deadline:
         st = status(state, name)
-        if not st.running:
+        # between fork and exec /proc still shows the parent's command line: give a just
+        # started process a moment before calling it dead
+        if not st.running and time.monotonic() - start > 5.0:
             return False
         if st.healthy:
             return True

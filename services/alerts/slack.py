@@ -1,9 +1,17 @@
-"""Slack: a Block Kit message per incident notification, and a webhook sender that retries.
+"""Slack: a Block Kit message per notification, and a webhook sender that never loses one.
 
 Messages carry metadata only: team, tool, rule, owner, counts, times and evidence numbers.
-They never carry content, and a pseudonym only for security incidents (a cost follow-up is
-about a team's spend, not a person). Whatever the incident dict holds, the builder picks
-fields by name, so a new field upstream cannot leak into Slack by accident.
+They never carry content, and a pseudonym only for security incidents posted to a channel
+routing lists for it (a cost follow-up is about a team's spend, not a person). Whatever the
+incident dict holds, the builder picks fields by name, so a new field upstream cannot leak
+into Slack by accident.
+
+Delivery: every notification goes to a durable outbox (a compacted Kafka topic, see
+:mod:`services.alerts.outbox`) before the first attempt and is removed only when Slack
+accepted it (or rejected the payload as invalid, which no retry can fix). Each post retries
+in place (429 honouring Retry-After, 5xx with backoff, connection errors); what still
+fails is retried later with growing delays, and after a restart the outbox is read back, so
+a Slack outage delays notifications but never drops them.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import logging
 import math
 import random
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
@@ -39,11 +48,22 @@ log = logging.getLogger("trustlog.alerts.slack")
 # Slack's limits (https://docs.slack.dev/reference/block-kit/blocks): header text 150 chars,
 # section text 3000, a field 2000 and at most 10 fields per section.
 HEADER_MAX = 150
+SECTION_TEXT_MAX = 3000
 FIELD_MAX = 2000
 FIELDS_PER_SECTION = 10
 FIELD_VALUE_MAX = 200
 
 _SEVERITY_MARK = {"critical": "🔴", "high": "🟠", "medium": "🟡", "low": "🔵"}
+_KIND_PREFIX = {
+    "opened": "",
+    "reminder": "Still happening · ",
+    "reopened": "Reopened · ",
+    "escalated": "Escalated · ",
+}
+# Evidence values shown although they are not numbers: identifiers a follow-up needs (the
+# unpriced model, the policy rule, the sensitive-data class), checked against a strict shape.
+_EVIDENCE_NAMES = ("model", "flag", "class")
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,120}$")
 
 
 def _escape(s: str) -> str:
@@ -77,15 +97,28 @@ def _field(label: str, value: Any) -> dict[str, str]:
 
 
 def ack_command(incident_id: str) -> str:
-    return f"trustlog incidents ack {incident_id}"
+    return f'trustlog incidents ack {incident_id} --actor <you> --reason "<why>"'
 
 
-def build_message(incident: Mapping[str, Any]) -> dict[str, Any]:
-    """Block Kit payload for one incident (an incident.v1 record)."""
+def build_message(
+    incident: Mapping[str, Any],
+    *,
+    kind: str = "opened",
+    show_pseudonym: bool = False,
+    note: str | None = None,
+    link: str | None = None,
+) -> dict[str, Any]:
+    """Block Kit payload for one notification about ``incident`` (an incident.v1 record).
+
+    ``show_pseudonym`` is the caller's decision (routing knows which channels may see one);
+    it is honoured only for security incidents whatever the caller says.
+    """
     severity = str(incident["severity"])
     title = _title_of(incident)
     header = _clip(
-        f"{_SEVERITY_MARK.get(severity, '')} {severity.upper()}: {title}".strip(), HEADER_MAX
+        f"{_SEVERITY_MARK.get(severity, '')} {_KIND_PREFIX.get(kind, '')}"
+        f"{severity.upper()}: {title}".strip(),
+        HEADER_MAX,
     )
 
     fields = [
@@ -98,39 +131,65 @@ def build_message(incident: Mapping[str, Any]) -> dict[str, Any]:
         _field("First seen", _when(incident["first_seen"])),
         _field("Last seen", _when(incident["last_seen"])),
     ]
-    if incident.get("category") == "security" and incident.get("user_pseudonym"):
+    if show_pseudonym and incident.get("category") == "security" and incident.get("user_pseudonym"):
         fields.append(_field("Pseudonym", incident["user_pseudonym"]))
 
     # Evidence shows numbers only (observed, baseline, counts...): a value that is not a
-    # number is left out rather than trusted to be harmless. The model name is the one
-    # non-number worth showing (unknown_model incidents are about it).
+    # number is left out rather than trusted to be harmless, except a few identifiers.
     evidence = dict(incident.get("evidence") or {})
-    ev_fields = [
+    named = [
+        _field(k.capitalize(), evidence[k])
+        for k in _EVIDENCE_NAMES
+        if _IDENTIFIER.match(str(evidence.get(k) or ""))
+    ]
+    numbers = [
         _field(k, v) for k, v in sorted(evidence.items()) if _is_number(v) and not k.endswith("_ms")
     ]
-    if evidence.get("model"):
-        ev_fields.insert(0, _field("Model", evidence["model"]))
+    ev_fields = named + numbers
 
+    what = str(incident.get("summary") or title)
+    if note:
+        what = f"{what}\n{note}"
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": _clip(_escape(what), SECTION_TEXT_MAX)},
+        },
         {"type": "section", "fields": fields[:FIELDS_PER_SECTION]},
     ]
     if ev_fields:
         blocks.append({"type": "section", "fields": ev_fields[:FIELDS_PER_SECTION]})
+    if link:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open incident"},
+                        "url": link,
+                    }
+                ],
+            }
+        )
     blocks.append(
         {
             "type": "context",
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": f"{incident['category']} incident `{incident['incident_id']}`"
-                    f" · acknowledge: `{ack_command(str(incident['incident_id']))}`",
+                    "text": _clip(
+                        f"{incident['category']} incident `{incident['incident_id']}`"
+                        f" · acknowledge: `{_escape(ack_command(str(incident['incident_id'])))}`",
+                        SECTION_TEXT_MAX,
+                    ),
                 }
             ],
         }
     )
     text = _clip(
-        f"[{severity.upper()}] {title}: team {incident['team']}, "
+        f"[{severity.upper()}] {_KIND_PREFIX.get(kind, '')}{title}: team {incident['team']}, "
         f"tool {incident.get('tool') or '-'}, {incident['signal_count']} signal(s), "
         f"owner {incident['owner']} (incident {incident['incident_id']})",
         3000,
@@ -145,10 +204,10 @@ def _title_of(incident: Mapping[str, Any]) -> str:
 
 
 class CappedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
-    """The built-in 429 handler, but a huge Retry-After cannot stall the alerts agent.
+    """The built-in 429 handler, but a huge Retry-After cannot stall the sender.
 
-    Past ``max_wait`` seconds the request is given up here and goes to the retry queue,
-    which tries again later without blocking incident processing.
+    Past ``max_wait`` seconds the request is given up here and stays queued with its
+    Retry-After as the earliest next attempt.
     """
 
     def __init__(self, max_retry_count: int, max_wait: float) -> None:
@@ -165,7 +224,7 @@ class CappedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     ) -> bool:
         if response is None or response.status_code != 429:
             return False
-        return _retry_after(response) <= self.max_wait
+        return retry_after(response.headers) <= self.max_wait
 
     async def prepare_for_next_attempt_async(
         self,
@@ -177,7 +236,7 @@ class CappedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     ) -> None:
         # The parent parses Retry-After with int() and would raise on an HTTP-date.
         state.next_attempt_requested = True
-        wait = _retry_after(response) if response is not None else 1.0
+        wait = retry_after(response.headers) if response is not None else 1.0
         await asyncio.sleep(wait + random.random() * 0.25)
         state.increment_current_attempt()
 
@@ -196,8 +255,9 @@ class AnyServerErrorRetryHandler(AsyncRetryHandler):
         return response is not None and 500 <= response.status_code < 600
 
 
-def _retry_after(response: HttpResponse) -> float:
-    for k, v in response.headers.items():
+def retry_after(headers: Mapping[str, Any]) -> float:
+    """Seconds from a Retry-After header (seconds form); 1.0 when absent or unparsable."""
+    for k, v in headers.items():
         if k.lower() == "retry-after":
             try:
                 return max(0.0, float(v[0] if isinstance(v, list) else v))
@@ -207,41 +267,83 @@ def _retry_after(response: HttpResponse) -> float:
 
 
 @dataclass
-class _Pending:
+class Notification:
+    """One message for one channel. ``id`` is stable (incident id + sequence number)."""
+
+    id: str
     incident_id: str
+    channel: str
+    kind: str
     payload: dict[str, Any]
-    attempts: int
+    created_ms: int
+    attempts: int = 0
+    next_try: float = field(default=0.0, compare=False)  # monotonic seconds
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "incident_id": self.incident_id,
+            "channel": self.channel,
+            "kind": self.kind,
+            "payload": self.payload,
+            "created_ms": self.created_ms,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Notification:
+        return cls(
+            id=str(rec["id"]),
+            incident_id=str(rec["incident_id"]),
+            channel=str(rec["channel"]),
+            kind=str(rec.get("kind") or "opened"),
+            payload=dict(rec["payload"]),
+            created_ms=int(rec.get("created_ms") or 0),
+        )
+
+
+class Outbox(Protocol):
+    """Where pending notifications are kept until Slack took them (survives restarts)."""
+
+    async def put(self, n: Notification) -> None: ...
+
+    async def done(self, notification_id: str) -> None: ...
 
 
 _SLACK_ERROR = re.compile(r"^[a-z_]{1,64}$")
 
 
 class SlackNotifier:
-    """Posts incident messages to one incoming-webhook URL.
+    """Posts notifications to the incoming webhook of their channel.
 
-    Each post retries in place (429 honouring Retry-After, 5xx with backoff, connection
-    errors). A post that still fails goes into an in-memory queue, newest message per
-    incident, that :meth:`retry_pending` drains later. Logs name the incident and the status,
-    never the payload: it is metadata, but logs travel further than Slack does.
+    ``channel_urls`` maps a channel to its own webhook (one Slack incoming webhook posts to
+    one channel); other channels use ``default_url``. Logs name the notification and the
+    status, never the payload or the URL (a secret): the payload is metadata, but logs
+    travel further than Slack does.
     """
 
     def __init__(
         self,
-        webhook_url: str | None,
+        default_url: str | None,
+        channel_urls: Mapping[str, str] | None = None,
         *,
+        outbox: Outbox | None = None,
         metrics: Metrics | None = None,
         max_retries: int = 3,
         max_retry_after: float = 30.0,
         backoff_factor: float = 0.5,
         timeout: int = 10,
-        queue_limit: int = 1000,
+        retry_base: float = 2.0,
+        retry_max: float = 300.0,
     ) -> None:
-        self.webhook_url = webhook_url
-        self.queue_limit = queue_limit
-        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.default_url = default_url
+        self.channel_urls = dict(channel_urls or {})
+        self.outbox = outbox
+        self.pending: OrderedDict[str, Notification] = OrderedDict()
+        self.retry_base = retry_base
+        self.retry_max = retry_max
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
-        self._client: AsyncWebhookClient | None = None
+        self._clients: dict[str, AsyncWebhookClient] = {}
         # slack_sdk logs the URL (a secret) and the body when its logger's own level is
         # NOTSET or DEBUG; an explicit WARNING level on a private logger keeps both out.
         self._sdk_logger = logging.getLogger("trustlog.alerts.slack_sdk")
@@ -254,33 +356,39 @@ class SlackNotifier:
             CappedRateLimitRetryHandler(max_retry_count=max_retries, max_wait=max_retry_after),
             AnyServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
         ]
-        self._lock = asyncio.Lock()
-        self._inbox: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_limit)
+        self._wake = asyncio.Event()
+        self._unrouted: set[str] = set()
         m = metrics
         self._sent = (
             m.counter("slack_posts_total", "Slack posts by result", ("result",)) if m else None
         )
-        self._queued = m.gauge("slack_pending", "Slack posts waiting for a retry") if m else None
+        self._queued = (
+            m.gauge("slack_pending", "Notifications not yet accepted by Slack") if m else None
+        )
 
     @property
     def enabled(self) -> bool:
-        return bool(self.webhook_url)
+        return bool(self.default_url or self.channel_urls)
 
-    def _get_client(self) -> AsyncWebhookClient:
+    def url_for(self, channel: str) -> str | None:
+        return self.channel_urls.get(channel) or self.default_url
+
+    def _client(self, url: str) -> AsyncWebhookClient:
         # The session must be created inside the running loop (faust's), hence lazily.
-        if self._client is None:
-            assert self.webhook_url
+        if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout)
             )
-            self._client = AsyncWebhookClient(
-                self.webhook_url,
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = AsyncWebhookClient(
+                url,
                 timeout=self._timeout,
                 session=self._session,
                 logger=self._sdk_logger,
                 retry_handlers=self._handlers,
             )
-        return self._client
+        return client
 
     def _count(self, result: str) -> None:
         if self._sent is not None:
@@ -288,63 +396,92 @@ class SlackNotifier:
         if self._queued is not None:
             self._queued.set(len(self.pending))
 
-    async def notify(self, incident: Mapping[str, Any]) -> bool:
-        """Build and post the message for ``incident``. True when Slack accepted it."""
-        incident_id = str(incident["incident_id"])
-        if not self.enabled:
+    def restore(self, items: list[Notification]) -> None:
+        """Pending notifications read back from the outbox at start, oldest first."""
+        for n in items:
+            self.pending[n.id] = n
+        if items:
+            log.info("slack notifications restored from outbox", extra={"pending": len(items)})
+            self._count("restored")
+            self._wake.set()
+
+    async def submit(self, n: Notification) -> bool:
+        """Make ``n`` durable, then queue it for the sender. False if Slack is not configured.
+
+        Raises if the outbox cannot take it; the caller retries (it must not be dropped).
+        """
+        if self.url_for(n.channel) is None:
+            if self.enabled and n.channel not in self._unrouted:
+                self._unrouted.add(n.channel)
+                log.warning(
+                    "no slack webhook for channel; its notifications are not sent",
+                    extra={"channel": n.channel},
+                )
             self._count("disabled")
             return False
-        # A newer message for this incident supersedes a queued older one.
-        self.pending.pop(incident_id, None)
-        return await self._deliver(_Pending(incident_id, build_message(incident), 0))
+        if n.id in self.pending:
+            return True  # a replayed batch asked again: already queued
+        if self.outbox is not None:
+            await self.outbox.put(n)
+        self.pending[n.id] = n
+        self._wake.set()
+        return True
 
-    def submit(self, incident: Mapping[str, Any]) -> None:
-        """Queue a post without waiting: the caller (the faust agent) never waits on Slack."""
-        if not self.enabled:
-            self._count("disabled")
-            return
-        item = _Pending(str(incident["incident_id"]), build_message(incident), 0)
-        try:
-            self._inbox.put_nowait(item)
-        except asyncio.QueueFull:
-            self._enqueue(item)
-
-    async def run(self, retry_interval: float = 15.0) -> None:
-        """Post submitted messages in order; retry the queue when idle or after a success."""
+    async def run(self) -> None:
+        """Send due notifications, oldest first; sleep until the next one is due."""
         while True:
-            try:
-                item = await asyncio.wait_for(self._inbox.get(), timeout=retry_interval)
-            except TimeoutError:
-                if self.pending:
-                    await self.retry_pending()
+            await self.send_due()
+            now = time.monotonic()
+            wait = min((n.next_try for n in self.pending.values()), default=now + 60.0) - now
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wait))
+
+    async def send_due(self) -> int:
+        """One pass over the due notifications. Returns how many Slack accepted."""
+        delivered = 0
+        failing: set[str] = set()
+        now = time.monotonic()
+        for n in list(self.pending.values()):
+            if n.next_try > now or n.id not in self.pending:
                 continue
-            self.pending.pop(item.incident_id, None)
-            if await self._deliver(item) and self.pending and self._inbox.empty():
-                await self.retry_pending()  # Slack answers again: catch up now
+            url = self.url_for(n.channel)
+            if url is None or url in failing:
+                # No webhook any more (settings changed), or this webhook just failed: keep
+                # the order per webhook and try later.
+                n.next_try = now + self.retry_base
+                continue
+            if await self._deliver(n, url):
+                delivered += 1
+            elif n.id in self.pending:
+                failing.add(url)
+        if self._queued is not None:
+            self._queued.set(len(self.pending))
+        return delivered
 
     async def drain(self, timeout: float) -> None:
-        """On shutdown: one quick try for whatever is still waiting in the inbox."""
+        """On shutdown: one quick pass; what is left stays in the outbox for the next start."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while not self._inbox.empty():
-                    item = self._inbox.get_nowait()
-                    self.pending.pop(item.incident_id, None)
-                    await self._deliver(item)
+                for n in self.pending.values():
+                    n.next_try = 0.0
+                await self.send_due()
 
-    async def _deliver(self, item: _Pending) -> bool:
-        item.attempts += 1
+    async def _deliver(self, n: Notification, url: str) -> bool:
+        n.attempts += 1
+        headers: Mapping[str, Any] = {}
         try:
-            async with self._lock:  # one post at a time keeps Slack's per-hook rate
-                resp = await self._get_client().send_dict(item.payload)
-            status, body = resp.status_code, resp.body
+            resp = await self._client(url).send_dict(n.payload)
+            status, body, headers = resp.status_code, resp.body, resp.headers or {}
         except Exception as exc:
             status, body = 0, type(exc).__name__
         if status == 200:
+            await self._forget(n)
             self._count("ok")
-            if item.attempts > 1:
+            if n.attempts > 1:
                 log.info(
-                    "slack post delivered from retry queue",
-                    extra={"incident_id": item.incident_id, "attempts": item.attempts},
+                    "slack notification delivered after retries",
+                    extra={"notification_id": n.id, "attempts": n.attempts},
                 )
             return True
         # Slack answers errors with short codes (invalid_blocks, no_service); anything else
@@ -352,51 +489,46 @@ class SlackNotifier:
         reason = body if isinstance(body, str) and _SLACK_ERROR.match(body) else ""
         if status == 400:
             # The payload itself is wrong; sending it again cannot succeed.
+            await self._forget(n)
             self._count("rejected")
             log.error(
-                "slack rejected message",
-                extra={"incident_id": item.incident_id, "status": status, "reason": reason},
+                "slack rejected notification",
+                extra={"notification_id": n.id, "status": status, "reason": reason},
             )
             return False
-        self._enqueue(item)
+        delay = min(self.retry_max, self.retry_base * 2 ** min(n.attempts - 1, 16))
+        if status == 429:
+            delay = max(delay, retry_after(headers))
+        n.next_try = time.monotonic() + delay * (1 + random.random() * 0.1)
         self._count("failed")
         log.warning(
-            "slack post failed, queued for retry",
+            "slack post failed, will retry",
             extra={
-                "incident_id": item.incident_id,
+                "notification_id": n.id,
                 "status": status,
                 "reason": reason,
-                "attempts": item.attempts,
+                "attempts": n.attempts,
+                "retry_in_s": round(delay, 1),
                 "pending": len(self.pending),
             },
         )
         return False
 
-    def _enqueue(self, item: _Pending) -> None:
-        self.pending[item.incident_id] = item
-        self.pending.move_to_end(item.incident_id)
-        while len(self.pending) > self.queue_limit:
-            dropped, _ = self.pending.popitem(last=False)
-            self._count("dropped")
-            log.error("slack retry queue full, dropped oldest", extra={"incident_id": dropped})
-
-    async def retry_pending(self) -> int:
-        """One pass over the queue, oldest first. Returns how many were delivered."""
-        delivered = 0
-        for incident_id in list(self.pending):
-            item = self.pending.pop(incident_id, None)
-            if item is None:
-                continue
-            if await self._deliver(item):
-                delivered += 1
-            elif incident_id in self.pending:
-                break  # Slack is still failing: keep the order, try again next pass
-        if self._queued is not None:
-            self._queued.set(len(self.pending))
-        return delivered
+    async def _forget(self, n: Notification) -> None:
+        self.pending.pop(n.id, None)
+        if self.outbox is None:
+            return
+        try:
+            await self.outbox.done(n.id)
+        except Exception as exc:
+            # Slack has it; the worst case is a repeat of this message after a restart.
+            log.warning(
+                "outbox tombstone failed",
+                extra={"notification_id": n.id, "exc_type": type(exc).__name__},
+            )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
         self._session = None
-        self._client = None
+        self._clients.clear()
