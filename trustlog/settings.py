@@ -182,10 +182,21 @@ class AggregatorSettings(ServiceSettings, ClickHouseSettings):
     batch_max_rows: int = 10_000
     batch_max_seconds: float = 1.0
     price_overrides_file: Path | None = None
+    # Signal rules (services/aggregator/signals.py). A spend spike fires when the last 60 s
+    # reach spike_factor x the expected spend, z sigmas beyond noise, and spike_min_usd.
+    # The factor is below 2 so that a doubling is caught while its first window fills.
     spike_window_seconds: int = 60
-    spike_baseline_windows: int = 10
-    spike_factor: float = 2.0
+    spike_baseline_windows: int = 10  # minutes in the median that gives the current level
+    spike_factor: float = Field(default=1.5, gt=1.0)
     spike_min_usd: float = 5.0
+    spike_z: float = Field(default=4.5, gt=0)
+    spike_seasonal_weeks: int = Field(default=4, ge=0, le=8)  # 0: no same-hour-of-week baseline
+    spike_task_labels: bool = True  # also per team x task label
+    storm_min_count: int = Field(default=20, ge=1)  # errors / retries per window for a storm
+    signal_max_keys: int = Field(default=2000, ge=10)  # memory bound of the spike state
+    # Rebuild the baselines (and budget period-to-date spend) from spend_hourly at start.
+    signal_warm_start: bool = True
+    budgets_file: Path | None = CONFIG_DIR / "budgets.yaml"
     # Kafka consumer group; tests run their own aggregator on their own topic and group.
     consumer_group: str = "trustlog-aggregator"
     # TEST ONLY, 0 (off) in every deployment: sleep this long after ClickHouse acknowledged
