@@ -61,16 +61,20 @@ def smoke_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Stack]:
     kafka_port = manager.pick_free_port()
     ch_port = manager.pick_free_port({kafka_port})
     messages: list[str] = []
-    started = time.monotonic()
-    info = manager.up(
-        state_dir, kafka_port=kafka_port, ch_http_port=ch_port, progress=messages.append
-    )
-    cold = time.monotonic() - started
-    print(f"stack up from cold in {cold:.1f}s: {messages}")
-    try:
-        yield _Stack(state_dir, info, cold)
-    finally:
-        manager.down(state_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        # this module tests remembered ports; ports pinned for the session stack would win
+        mp.delenv("TRUSTLOG_STACK_KAFKA_PORT", raising=False)
+        mp.delenv("TRUSTLOG_STACK_CH_PORT", raising=False)
+        started = time.monotonic()
+        info = manager.up(
+            state_dir, kafka_port=kafka_port, ch_http_port=ch_port, progress=messages.append
+        )
+        cold = time.monotonic() - started
+        print(f"stack up from cold in {cold:.1f}s: {messages}")
+        try:
+            yield _Stack(state_dir, info, cold)
+        finally:
+            manager.down(state_dir)
 
 
 # --------------------------------------------------------------------------- chdb private API
