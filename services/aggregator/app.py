@@ -3,27 +3,43 @@
 A batched aiokafka loop (the ClickHouse sink is a per-event hot path; see the redactor's
 module doc for the measured faust vs aiokafka numbers). Rows are buffered and inserted every
 ``batch_max_rows`` rows or ``batch_max_seconds``; consumer offsets are committed only after
-ClickHouse acknowledged the insert. Each row stores its Kafka partition and offset, so after a
-crash the consumer seeks past what ClickHouse already holds: nothing is lost (offsets are
-committed late) and nothing is counted twice (stored offsets are skipped). Each insert also
-carries an insert_deduplication_token so a retried insert is dropped by ClickHouse itself.
-Hourly spend per team, tool and model is a materialized view fed by those inserts.
+ClickHouse acknowledged the insert. Each row stores its Kafka topic, partition and offset, so
+after a crash the consumer seeks past what ClickHouse already holds: nothing is lost (offsets
+are committed late) and nothing is counted twice (stored offsets are skipped). That needs each
+batch to land whole or not at all, so a batch is sent as ONE native block (clickhouse-connect
+would split it into ~2 MB blocks, each its own part: a client killed mid-send would leave a
+prefix behind), and before reading the stored offsets the consumer waits for aggregator inserts
+still running on the server (a killed client's last insert may still be finishing). Each
+insert also carries an insert_deduplication_token so a retried insert is dropped by ClickHouse
+itself, in events and in the hourly and daily rollups (materialized views fed by the inserts;
+their tables keep a deduplication window, schemas/clickhouse/0002_*.sql).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from datetime import datetime
+import uuid
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.insert import InsertContext
 
-from services.aggregator.pricing import Pricer, load_overrides
-from services.aggregator.signals import OncePerWindow, SpikeDetector
+from services.aggregator.baseline import history_rows, history_since
+from services.aggregator.pricing import Credit, Pricer, load_overrides
+from services.aggregator.signals import (
+    BudgetTracker,
+    OncePerWindow,
+    SpikeConfig,
+    SpikeDetector,
+    load_budgets,
+)
 from trustlog.avro import redacted_codec, signal_codec
 from trustlog.kafka import ensure_topics
 from trustlog.runtime import Health, Metrics, run_service
@@ -31,7 +47,17 @@ from trustlog.settings import AggregatorSettings
 from trustlog.storage import admin_client
 
 log = logging.getLogger("aggregator")
-GROUP_ID = "trustlog-aggregator"
+# Every aggregator insert runs under a query id with this prefix (plus database and topic), so
+# a restarted consumer can wait for a predecessor's insert that is still running.
+QUERY_ID_PREFIX = "trustlog-aggregator"
+NEVER_EXPIRES = date(2149, 6, 6)  # largest ClickHouse Date
+# Tables with a TTL: the expression their migration gave them and which setting sets the days.
+RETENTION: dict[str, tuple[str, str]] = {
+    "events": ("toDateTime(event_time)", "detail"),
+    "spend_hourly": ("hour", "rollup"),
+    "spend_daily": ("day", "rollup"),
+}
+_TTL_DAYS = re.compile(r"\bTTL .*?toIntervalDay\((\d+)\)")
 # events.cost_usd is Decimal(38, 12): round once here so what is stored is what was computed.
 COST_QUANTUM = Decimal("1e-12")
 
@@ -62,30 +88,45 @@ EVENT_COLUMNS = [
     "price_version",
     "kafka_partition",
     "kafka_offset",
+    "kafka_topic",  # appended by Sink.add, not by RowBuilder
 ]
 
 
 class RowBuilder:
     """Turns one redacted record into an events row and feeds the signal rules. Pure."""
 
-    def __init__(self, pricer: Pricer, spikes: SpikeDetector, once: OncePerWindow) -> None:
+    def __init__(
+        self,
+        pricer: Pricer,
+        spikes: SpikeDetector,
+        once: OncePerWindow,
+        budgets: BudgetTracker | None = None,
+    ) -> None:
         self.pricer = pricer
         self.spikes = spikes
         self.once = once
+        self.budgets = budgets or BudgetTracker()
         self.pending_signals: list[dict[str, Any]] = []
 
     def build(self, ev: dict[str, Any], partition: int, offset: int) -> list[Any]:
+        t: datetime = ev["event_time"]
         price = self.pricer.price(
             ev["provider"],
             ev["model"],
             ev["input_tokens"],
             ev["output_tokens"],
             ev["cached_tokens"],
+            ev["reasoning_tokens"],
+            tool=ev["tool"],
+            at=t,
         )
-        t: datetime = ev["event_time"]
         t_ms = int(t.timestamp() * 1000)
         team, tool = ev["team"], ev["tool"]
-        self.spikes.observe(team, tool, t_ms, price.cost_usd)
+        cost = float(price.cost_usd)  # detection needs no Decimal exactness; rows keep it
+        self.spikes.observe(
+            team, tool, ev["task_label"], t_ms, cost, ev["status"] == "error", ev["retry_count"]
+        )
+        self.budgets.observe(team, t_ms, cost)
         self._event_rules(ev, t_ms, price.priced)
         return [
             ev["event_id"],
@@ -153,21 +194,167 @@ class RowBuilder:
         self.pending_signals.extend(h for h in hits if h is not None)
 
     def take_signals(self) -> list[dict[str, Any]]:
-        out = self.pending_signals + self.spikes.evaluate()
+        out = self.pending_signals + self.spikes.take() + self.budgets.take()
         self.pending_signals = []
         return out
 
 
-def stored_offsets(client: Client, database: str, partitions: list[int]) -> dict[int, int]:
-    """Highest Kafka offset per partition that ClickHouse already holds."""
+def spike_config(s: AggregatorSettings) -> SpikeConfig:
+    return SpikeConfig(
+        window_s=s.spike_window_seconds,
+        level_minutes=s.spike_baseline_windows,
+        factor=s.spike_factor,
+        z=s.spike_z,
+        min_usd=s.spike_min_usd,
+        seasonal_weeks=s.spike_seasonal_weeks,
+        storm_min_count=s.storm_min_count,
+        task_dimension=s.spike_task_labels,
+        max_keys=s.signal_max_keys,
+    )
+
+
+def warm_start_signals(
+    client: Client, s: AggregatorSettings, spikes: SpikeDetector, budgets: BudgetTracker
+) -> int:
+    """Rebuild the in-memory baselines and budget spend from the hourly rollup (no pseudonyms
+    there). Returns the number of rows read. The arithmetic is pure and tested on its own."""
+    now_ms = int(time.time() * 1000)
+    starts = [datetime.fromtimestamp(ms / 1000, UTC) for ms in budgets.period_starts(now_ms)]
+    since = history_since(datetime.now(UTC), s.spike_seasonal_weeks, starts)
+    res = client.query(
+        f"SELECT toUnixTimestamp(hour) AS h, team, tool, task_label, sum(cost_usd), "
+        f"sum(requests), sum(errors), sum(retries) FROM {s.ch_database}.spend_hourly "
+        "WHERE hour >= {since:DateTime} GROUP BY h, team, tool, task_label",
+        parameters={"since": since.replace(tzinfo=None)},
+    )
+    rows = history_rows(res.result_rows)
+    spikes.warm_start(rows, now_ms)
+    budgets.warm_start(rows)
+    return len(rows)
+
+
+def _query_id_prefix(database: str, topic: str) -> str:
+    return f"{QUERY_ID_PREFIX}:{database}:{topic}:"
+
+
+def wait_for_running_inserts(
+    client: Client, database: str, topic: str, timeout_s: float = 60.0
+) -> int:
+    """Block until no aggregator insert for this topic is running on the server.
+
+    A SIGKILLed aggregator may have sent its whole last batch: the server then still
+    completes that insert. Reading the stored offsets before it finished would resume in
+    front of it and insert those rows again. Returns how many were seen running at first.
+    """
+    prefix = _query_id_prefix(database, topic)
+    deadline = time.monotonic() + timeout_s
+    first = -1
+    while True:
+        running = int(
+            str(
+                client.command(
+                    "SELECT count() FROM system.processes WHERE startsWith(query_id, {p:String})",
+                    parameters={"p": prefix},
+                )
+            )
+        )
+        first = running if first < 0 else first
+        if running == 0:
+            return first
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{running} aggregator inserts still running after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def stored_offsets(
+    client: Client, database: str, topic: str, partitions: list[int]
+) -> dict[int, int]:
+    """Highest Kafka offset per partition of ``topic`` that ClickHouse already holds."""
     if not partitions:
         return {}
     res = client.query(
         f"SELECT kafka_partition, max(kafka_offset) FROM {database}.events "
-        "WHERE kafka_partition IN {parts:Array(UInt32)} GROUP BY kafka_partition",
-        parameters={"parts": partitions},
+        "WHERE kafka_topic = {topic:String} AND kafka_partition IN {parts:Array(UInt32)} "
+        "GROUP BY kafka_partition",
+        parameters={"topic": topic, "parts": partitions},
     )
     return {int(p): int(o) for p, o in res.result_rows}
+
+
+def apply_retention(
+    client: Client, database: str, detail_ttl_days: int, rollup_ttl_days: int
+) -> list[str]:
+    """Bring the tables' TTLs in line with the settings; returns the tables changed.
+
+    Migrations bake the TTL in when they create a table, so without this a changed
+    TRUSTLOG_DETAIL_TTL_DAYS would be ignored by an existing database. Idempotent: a table
+    that already has the configured TTL is left alone (no ALTER, no TTL re-materialisation).
+    """
+    res = client.query(
+        "SELECT name, engine_full FROM system.tables "
+        "WHERE database = {db:String} AND name IN {names:Array(String)}",
+        parameters={"db": database, "names": list(RETENTION)},
+    )
+    changed: list[str] = []
+    for name, engine in res.result_rows:
+        expr, kind = RETENTION[str(name)]
+        want = detail_ttl_days if kind == "detail" else rollup_ttl_days
+        found = _TTL_DAYS.search(str(engine))
+        if found is not None and int(found.group(1)) == want:
+            continue
+        client.command(
+            f"ALTER TABLE {database}.{name} MODIFY TTL {expr} + INTERVAL {want} DAY DELETE"
+        )
+        log.info("retention changed", extra={"table": name, "ttl_days": want})
+        changed.append(str(name))
+    return changed
+
+
+def sync_credits(client: Client, database: str, credits: tuple[Credit, ...], source: str) -> None:
+    """Make the credits table match the overrides file (new versions, tombstones for removed).
+
+    Idempotent and safe to race: every aggregator instance writes the same rows, and the
+    newest version per credit wins (ReplacingMergeTree, read with FINAL).
+    """
+    version = time.time_ns()
+    present = {
+        str(r[0]) for r in client.query(f"SELECT name FROM {database}.credits FINAL").result_rows
+    }
+    names = {c.name for c in credits}
+    rows: list[list[Any]] = [
+        [
+            c.name,
+            c.team,
+            c.provider,
+            c.amount_usd,
+            c.starts,
+            c.expires or NEVER_EXPIRES,
+            source,
+            version,
+            0,
+        ]
+        for c in credits
+    ]
+    rows += [
+        [n, "", "", Decimal(0), NEVER_EXPIRES, NEVER_EXPIRES, source, version, 1]
+        for n in sorted(present - names)
+    ]
+    if rows:
+        client.insert(
+            f"{database}.credits",
+            rows,
+            column_names=[
+                "name",
+                "team",
+                "provider",
+                "amount_usd",
+                "starts",
+                "expires",
+                "source",
+                "version",
+                "is_deleted",
+            ],
+        )
 
 
 class Sink:
@@ -179,12 +366,14 @@ class Sink:
         self.first: dict[TopicPartition, int] = {}
         self.skip_below: dict[int, int] = {}
         self.opened = time.monotonic()
+        self._ctx: InsertContext | None = None
         self.inserted = metrics.counter("rows_inserted_total", "Rows inserted into ClickHouse")
         self.skipped = metrics.counter("rows_skipped_total", "Replayed rows already in ClickHouse")
         self.insert_seconds = metrics.histogram("insert_seconds", "ClickHouse insert latency")
 
     def due(self) -> bool:
-        return bool(self.rows) and (
+        # Also due with no rows: offsets of skipped or undecodable records need committing.
+        return bool(self.last) and (
             len(self.rows) >= self.s.batch_max_rows
             or time.monotonic() - self.opened >= self.s.batch_max_seconds
         )
@@ -193,6 +382,7 @@ class Sink:
         if not self.rows and not self.last:
             self.opened = time.monotonic()
         if row is not None:
+            row.append(tp.topic)
             self.rows.append(row)
         self.first.setdefault(tp, offset)
         self.last[tp] = offset
@@ -200,24 +390,34 @@ class Sink:
     def token(self) -> str:
         return ";".join(
             f"{tp.topic}:{tp.partition}:{self.first[tp]}-{self.last[tp]}"
-            for tp in sorted(self.last, key=lambda t: t.partition)
+            for tp in sorted(self.last, key=lambda t: (t.topic, t.partition))
         )
 
     def insert(self) -> None:
         t0 = time.perf_counter()
-        self.client.insert(
-            f"{self.s.ch_database}.events",
-            self.rows,
-            column_names=EVENT_COLUMNS,
-            settings={
-                "insert_deduplication_token": self.token(),
-                "deduplicate_blocks_in_dependent_materialized_views": 1,
-                # one block per insert keeps the insert (and its dedup) all-or-nothing
-                "max_insert_block_size": max(1_048_576, len(self.rows) + 1),
-                "min_insert_block_size_rows": 0,
-                "min_insert_block_size_bytes": 0,
-            },
-        )
+        if self._ctx is None:
+            # Column types are fetched from the server once, not on every insert.
+            self._ctx = self.client.create_insert_context(
+                f"{self.s.ch_database}.events", column_names=EVENT_COLUMNS
+            )
+        ctx = self._ctx
+        # One native block for the whole batch: the server writes it whole or not at all.
+        ctx.req_block_size = len(self.rows)
+        ctx.data = self.rows
+        ctx.settings = {
+            "insert_deduplication_token": self.token(),
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+            # no squashing or splitting on the server either
+            "max_insert_block_size": max(1_048_576, len(self.rows) + 1),
+            "min_insert_block_size_rows": 0,
+            "min_insert_block_size_bytes": 0,
+            "query_id": _query_id_prefix(self.s.ch_database, self.s.topic_redacted)
+            + uuid.uuid4().hex,
+        }
+        try:
+            self.client.insert(context=ctx)
+        finally:
+            ctx.data = None
         self.insert_seconds.observe(time.perf_counter() - t0)
 
     def reset(self) -> dict[TopicPartition, int]:
@@ -246,12 +446,28 @@ class Aggregator:
         self.metrics = metrics
         self.client = admin_client(s)
         self.sink = Sink(s, self.client, metrics)
+        # One ClickHouse client (not thread-safe) and one Sink serve the consume loop and the
+        # rebalance listener, which aiokafka runs in its coordinator task, concurrently with
+        # the loop whenever the loop awaits an insert. Without the lock a revocation would
+        # flush the same batch twice and an assignment would query mid-insert (the exactly-once
+        # test caught clickhouse-connect refusing that: "concurrent queries within the same
+        # session").
+        self.ch_lock = asyncio.Lock()
+        self.overrides = load_overrides(s.price_overrides_file)
+        spikes = SpikeDetector(spike_config(s))
+        budgets = BudgetTracker(load_budgets(s.budgets_file))
+        if s.signal_warm_start:
+            try:
+                n = warm_start_signals(self.client, s, spikes, budgets)
+                log.info("signal baselines rebuilt", extra={"rollup_rows": n})
+            except Exception as exc:
+                # Not fatal: the rules warm up from live traffic instead (signals.py doc).
+                log.warning("signal warm start failed", extra={"error": type(exc).__name__})
         self.rows = RowBuilder(
-            Pricer(load_overrides(s.price_overrides_file)),
-            SpikeDetector(
-                s.spike_window_seconds, s.spike_baseline_windows, s.spike_factor, s.spike_min_usd
-            ),
+            Pricer(self.overrides),
+            spikes,
             OncePerWindow(s.spike_window_seconds),
+            budgets,
         )
         self.codec = redacted_codec()
         self.signal_codec = signal_codec()
@@ -259,7 +475,7 @@ class Aggregator:
         self.decode_errors = metrics.counter("decode_errors_total", "Undecodable redacted records")
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
-            group_id=GROUP_ID,
+            group_id=s.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
@@ -272,8 +488,16 @@ class Aggregator:
         )
 
     async def seek_past_stored(self, assigned: list[TopicPartition]) -> None:
-        parts = [tp.partition for tp in assigned]
-        stored = await asyncio.to_thread(stored_offsets, self.client, self.s.ch_database, parts)
+        async with self.ch_lock:
+            await self._seek_past_stored(assigned)
+
+    async def _seek_past_stored(self, assigned: list[TopicPartition]) -> None:
+        db, topic = self.s.ch_database, self.s.topic_redacted
+        parts = [tp.partition for tp in assigned if tp.topic == topic]
+        running = await asyncio.to_thread(wait_for_running_inserts, self.client, db, topic)
+        if running:
+            log.info("waited for running inserts", extra={"inserts": running})
+        stored = await asyncio.to_thread(stored_offsets, self.client, db, topic, parts)
         for tp in assigned:
             if tp.partition in stored:
                 committed = await self.consumer.committed(tp)
@@ -289,6 +513,10 @@ class Aggregator:
                     )
 
     async def flush(self) -> None:
+        async with self.ch_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self.sink.last:
             return
         delay = 0.5
@@ -307,8 +535,21 @@ class Aggregator:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self.health.set("clickhouse", True, "inserting")
+        if self.s.test_pause_before_commit_seconds and self.sink.rows:
+            # Test-only hook (0 = off): a window in which a kill lands between ClickHouse's
+            # acknowledgement and the offset commit.
+            log.warning(
+                "TEST HOOK: batch inserted, pausing before commit",
+                extra={"rows": len(self.sink.rows), "token": self.sink.token()},
+            )
+            await asyncio.sleep(self.s.test_pause_before_commit_seconds)
         commit = self.sink.reset()
-        await self.consumer.commit(commit)
+        try:
+            await self.consumer.commit(commit)
+        except KafkaError as exc:
+            # The rows are in ClickHouse; whoever owns these partitions next resumes after
+            # them (seek_past_stored), so a lost commit costs a re-read, never a double count.
+            log.warning("offset commit failed", extra={"error": type(exc).__name__})
         await self.send_signals()
 
     async def send_signals(self) -> None:
@@ -320,6 +561,23 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_topics(self.s)
+        await asyncio.to_thread(
+            apply_retention,
+            self.client,
+            self.s.ch_database,
+            self.s.detail_ttl_days,
+            self.s.rollup_ttl_days,
+        )
+        if self.s.price_overrides_file is not None:
+            # The file is the source of truth for credits; an instance without one leaves
+            # them alone (to drop every credit, keep the file with `credits: []`).
+            await asyncio.to_thread(
+                sync_credits,
+                self.client,
+                self.s.ch_database,
+                self.overrides.credits,
+                self.overrides.version,
+            )
         await self.producer.start()
         self.consumer.subscribe([self.s.topic_redacted], listener=_Rebalance(self))
         await self.consumer.start()
@@ -328,8 +586,13 @@ class Aggregator:
         log.info("aggregator consuming", extra={"topic": self.s.topic_redacted})
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=5000)
+                batch = await self.consumer.getmany(
+                    timeout_ms=200, max_records=min(5000, self.s.batch_max_rows)
+                )
+                assigned = self.consumer.assignment()
                 for tp, msgs in batch.items():
+                    if tp not in assigned:
+                        continue  # revoked while the loop awaited: its new owner reads these
                     floor = self.sink.skip_below.get(tp.partition, -1)
                     for m in msgs:
                         if m.offset < floor:
