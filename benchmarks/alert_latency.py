@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -34,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks._machine import describe_machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SERVICES = ("redactor", "aggregator", "alerts")
@@ -63,19 +63,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or "?"
-    return (
-        f"{nproc} CPUs (`nproc`), {cpu}, Python {platform.python_version()}, "
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-    )
+    return f"{describe_machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def _raw_event(team: str) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks._machine import describe_machine
 from services.redactor import detect
 from services.redactor.redact import Pseudonymizer, Redacted, Redactor
 from tests.corpus import SEED, Doc, Score, build_corpus, score, totals
@@ -48,17 +47,9 @@ RESULTS = Path(__file__).parent / "results" / "detection.md"
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{os.cpu_count()} CPUs (nproc), {cpu}; Python {platform.python_version()}; "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; shared machine (other jobs running)"
+        f"{describe_machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        "shared machine (other jobs running)"
     )
 
 

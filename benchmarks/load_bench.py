@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
+from benchmarks._machine import describe_machine
 from services.aggregator.app import sync_credits
 from services.aggregator.pricing import Credit, Pricer
 from trustlog.migrate import apply_migrations
@@ -261,16 +260,7 @@ def time_queries(ch: Client, named: list[tuple[str, str]], reps: int) -> list[Ti
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{nproc} CPUs (nproc), {cpu}; Python {platform.python_version()}"
+    return describe_machine()
 
 
 def wait_for_merges(ch: Client, db: str, timeout_s: float = 180.0) -> float:

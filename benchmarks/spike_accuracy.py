@@ -24,9 +24,7 @@ import bisect
 import itertools
 import math
 import os
-import platform
 import random
-import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from benchmarks._machine import describe_machine
 from services.aggregator.baseline import HourlyRow
 from services.aggregator.signals import (
     Budget,
@@ -804,19 +803,7 @@ def _pct(xs: list[float], p: float) -> float:
 
 
 def _machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or "?"
-    return (
-        f"{nproc} CPUs (`nproc`), {cpu}, Python {platform.python_version()}, "
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-    )
+    return f"{describe_machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def _f(x: float, nd: int = 0) -> str:
