@@ -214,6 +214,9 @@ def render_config_xml(*, http_port: int, users_xml: Path) -> str:
             "    <database>system</database>",
             "    <table>query_log</table>",
             "    <flush_interval_milliseconds>1000</flush_interval_milliseconds>",
+            # query text can hold pseudonyms: keep it only as long as the monthly access
+            # review needs to copy reads into read_audit (a month plus two weeks of slack)
+            "    <ttl>event_date + INTERVAL 45 DAY DELETE</ttl>",
             "  </query_log>",
             # Default is 4 h: TTL deletes of expired detail rows should show up within a minute.
             "  <merge_tree>",
