@@ -250,7 +250,7 @@ def case_open(
         if not sep:
             raise cases.CaseError("scope must look like pseudonym:p_..., team:NAME or tool:NAME")
         # Validate before asking for a password: a bad request should not cost a login.
-        cases.new_case(
+        case = cases.new_case(
             config,
             reader=account,
             approver=approver,
@@ -266,21 +266,8 @@ def case_open(
     except cases.CaseError as exc:
         raise _fail(str(exc), 1) from None
     _actor(s, account, password)
-    now = datetime.now(UTC)
-    case = cases.open_case(
-        cases.CaseStore(_admin(s), s.ch_database),
-        config,
-        reader=account,
-        approver=approver,
-        reason=reason,
-        scope_kind=kind,
-        scope_value=value,
-        period_start=cases.parse_time(since, now),
-        period_end=cases.parse_time(until, now) if until else None,
-        expires_in=cases.parse_duration(expires_in),
-        legal_hold_reason=legal_hold_reason,
-        now=now,
-    )
+    # Store the case validated above; its expiry runs from before the login, never later.
+    cases.CaseStore(_admin(s), s.ch_database).save(case)
     if as_json:
         print(json.dumps(_jsonable(case)))
         return
