@@ -133,18 +133,23 @@ def services_state_dir() -> Path:
     return d
 
 
-async def start_health_server(
-    name: str, settings: ServiceSettings, health: Health, metrics: Metrics
-) -> web.AppRunner:
+def health_app(health: Health, metrics: Metrics, **app_kw: Any) -> web.Application:
+    """/healthz and /metrics; a service may add its own routes before serving it."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response(health.as_dict(), status=200 if health.ok else 503)
 
     async def metrics_h(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(**app_kw)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_h)
+    return app
+
+
+async def serve_app(name: str, settings: ServiceSettings, app: web.Application) -> web.AppRunner:
+    """Serve ``app`` on the health port and record its URL where `trustlog status` looks."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.health_host, settings.health_port)
@@ -155,6 +160,12 @@ async def start_health_server(
     )
     logging.getLogger(name).info("health endpoint up", extra={"health_port": port})
     return runner
+
+
+async def start_health_server(
+    name: str, settings: ServiceSettings, health: Health, metrics: Metrics
+) -> web.AppRunner:
+    return await serve_app(name, settings, health_app(health, metrics))
 
 
 async def run_service(

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.alerts.commands import (
     CommandError,
@@ -34,8 +33,7 @@ from services.alerts.commands import (
     jsonable,
     new_command,
 )
-from trustlog.runtime import Health, Metrics, instance_name, services_state_dir
-from trustlog.settings import AlertsSettings
+from trustlog.runtime import Health, Metrics, health_app
 
 log = logging.getLogger("trustlog.alerts.api")
 
@@ -185,30 +183,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def build_app(health: Health, metrics: Metrics, api: IncidentApi | None) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response(health.as_dict(), status=200 if health.ok else 503)
-
-    async def metrics_h(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_h)
+    app = health_app(health, metrics, client_max_size=MAX_BODY_BYTES)
     if api is not None:
         api.routes(app)
     return app
-
-
-async def start_http_server(
-    name: str, settings: AlertsSettings, app: web.Application
-) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.health_host, settings.health_port)
-    await site.start()
-    port = runner.addresses[0][1]
-    (services_state_dir() / f"{instance_name(name)}.health").write_text(
-        f"http://{settings.health_host}:{port}\n"
-    )
-    log.info("http endpoint up", extra={"health_port": port})
-    return runner

@@ -48,7 +48,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from services.alerts.api import CommandWaiters, IncidentApi, build_app, start_http_server
+from services.alerts.api import CommandWaiters, IncidentApi, build_app
 from services.alerts.approved_tools import (
     ApprovedTools,
     ToolUsage,
@@ -62,7 +62,14 @@ from services.alerts.routing import Routing
 from services.alerts.slack import Notification, SlackNotifier, build_message
 from trustlog.avro import DecodeError, incident_codec, signal_codec
 from trustlog.kafka import ensure_topics
-from trustlog.runtime import Health, Metrics, instance_name, services_state_dir, setup_logging
+from trustlog.runtime import (
+    Health,
+    Metrics,
+    instance_name,
+    serve_app,
+    services_state_dir,
+    setup_logging,
+)
 from trustlog.settings import AlertsSettings, default_state_dir
 from trustlog.storage import admin_client
 
@@ -511,7 +518,7 @@ class AlertsRuntime(Service):
 
     async def on_start(self) -> None:
         s, svc = self.svc.settings, self.svc
-        self._runner = await start_http_server(SERVICE, s, svc.http_app())
+        self._runner = await serve_app(SERVICE, s, svc.http_app())
         (services_state_dir() / f"{instance_name(SERVICE)}.pid").write_text(f"{os.getpid()}\n")
         try:
             await ensure_topics(s)
