@@ -199,6 +199,12 @@ class AggregatorSettings(ServiceSettings, ClickHouseSettings):
     budgets_file: Path | None = CONFIG_DIR / "budgets.yaml"
     # Kafka consumer group; tests run their own aggregator on their own topic and group.
     consumer_group: str = "trustlog-aggregator"
+    # Producer retries (same event_id twice) are dropped if the id is among the last this
+    # many stored by this process (services/aggregator/dedup.py); 0 turns that off. About
+    # 120 bytes per id. At start and on every rebalance it is refilled from ClickHouse with
+    # ids of events from the last dedup_warm_hours.
+    dedup_recent_ids: int = Field(default=500_000, ge=0)
+    dedup_warm_hours: int = Field(default=48, ge=1)
     # TEST ONLY, 0 (off) in every deployment: sleep this long after ClickHouse acknowledged
     # a batch and before its offsets are committed, so a test can SIGKILL the aggregator in
     # exactly that window and prove the restart neither loses nor double counts the batch.

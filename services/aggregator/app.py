@@ -32,6 +32,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.insert import InsertContext
 
 from services.aggregator.baseline import history_rows, history_since
+from services.aggregator.dedup import RecentIds
 from services.aggregator.pricing import Credit, Pricer, load_overrides
 from services.aggregator.signals import (
     BudgetTracker,
@@ -281,6 +282,28 @@ def stored_offsets(
     return {int(p): int(o) for p, o in res.result_rows}
 
 
+def recent_event_ids(
+    client: Client, database: str, topic: str, partitions: list[int], hours: int, limit: int
+) -> list[str]:
+    """Event ids stored lately from these partitions, oldest first, at most ``limit``.
+
+    The event_time bound prunes the day partitions of events; a retry carries its original's
+    event_time, so a retry of an older event is caught only by the in-process memory.
+    """
+    if not partitions or limit <= 0:
+        return []
+    res = client.query(
+        "SELECT event_id FROM ("
+        f"SELECT event_id, ingested_at, kafka_offset FROM {database}.events "
+        "WHERE kafka_topic = {topic:String} AND kafka_partition IN {parts:Array(UInt32)} "
+        "AND event_time >= now() - toIntervalHour({hours:UInt32}) "
+        "ORDER BY ingested_at DESC, kafka_offset DESC LIMIT {limit:UInt64}"
+        ") ORDER BY ingested_at, kafka_offset",
+        parameters={"topic": topic, "parts": partitions, "hours": hours, "limit": limit},
+    )
+    return [str(r[0]) for r in res.result_rows]
+
+
 def apply_retention(
     client: Client, database: str, detail_ttl_days: int, rollup_ttl_days: int
 ) -> list[str]:
@@ -433,10 +456,13 @@ class _Rebalance(ConsumerRebalanceListener):
         self.agg = agg
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.agg.ready.difference_update(revoked)
         await self.agg.flush()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.agg.seek_past_stored(assigned)
+        # Only now may the loop use records of these partitions (see Aggregator.ready).
+        self.agg.ready = set(assigned)
 
 
 class Aggregator:
@@ -453,6 +479,11 @@ class Aggregator:
         # test caught clickhouse-connect refusing that: "concurrent queries within the same
         # session").
         self.ch_lock = asyncio.Lock()
+        # Partitions whose assignment callback has finished. aiokafka sets a new assignment,
+        # and may already fetch for it, BEFORE it awaits on_partitions_assigned; records used
+        # before seek_past_stored has set the replay floor and loaded the recent event ids
+        # would be inserted a second time. Such records are put back (seek) instead.
+        self.ready: set[TopicPartition] = set()
         self.overrides = load_overrides(s.price_overrides_file)
         spikes = SpikeDetector(spike_config(s))
         budgets = BudgetTracker(load_budgets(s.budgets_file))
@@ -473,6 +504,10 @@ class Aggregator:
         self.signal_codec = signal_codec()
         self.signals_sent = metrics.counter("signals_total", "Signals emitted", ("rule",))
         self.decode_errors = metrics.counter("decode_errors_total", "Undecodable redacted records")
+        self.recent = RecentIds(s.dedup_recent_ids)
+        self.duplicates = metrics.counter(
+            "duplicates_dropped_total", "Redacted records whose event_id was already stored"
+        )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.consumer_group,
@@ -498,6 +533,18 @@ class Aggregator:
         if running:
             log.info("waited for running inserts", extra={"inserts": running})
         stored = await asyncio.to_thread(stored_offsets, self.client, db, topic, parts)
+        if self.recent.capacity:
+            ids = await asyncio.to_thread(
+                recent_event_ids,
+                self.client,
+                db,
+                topic,
+                parts,
+                self.s.dedup_warm_hours,
+                self.recent.capacity,
+            )
+            held = self.recent.remember(ids)
+            log.info("recent event ids loaded", extra={"loaded": len(ids), "held": held})
         for tp in assigned:
             if tp.partition in stored:
                 committed = await self.consumer.committed(tp)
@@ -593,6 +640,9 @@ class Aggregator:
                 for tp, msgs in batch.items():
                     if tp not in assigned:
                         continue  # revoked while the loop awaited: its new owner reads these
+                    if tp not in self.ready:
+                        self.consumer.seek(tp, msgs[0].offset)  # read again once ready
+                        continue
                     floor = self.sink.skip_below.get(tp.partition, -1)
                     for m in msgs:
                         if m.offset < floor:
@@ -603,6 +653,11 @@ class Aggregator:
                             ev = self.codec.decode(m.value or b"")
                         except ValueError:
                             self.decode_errors.inc()
+                            self.sink.add(tp, m.offset, None)
+                            continue
+                        if self.recent.seen(ev["event_id"]):
+                            # a producer retry: stored (or about to be) under its first offset
+                            self.duplicates.inc()
                             self.sink.add(tp, m.offset, None)
                             continue
                         self.sink.add(tp, m.offset, self.rows.build(ev, tp.partition, m.offset))

@@ -7,7 +7,8 @@ capped exponential backoff for as long as the buffer holds. Records are dropped 
 buffer is full (``dropped_full``), when a record is invalid (``dropped_invalid``), or when the
 server/broker refuses one for good (``dropped_rejected``). Log lines name fields, never values.
 
-Delivery is at-least-once: a retried batch may arrive twice; ``event_id`` deduplicates.
+Delivery is at-least-once: a retried batch may arrive twice; the aggregator drops the
+second copy by ``event_id`` (services/aggregator/dedup.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ hand rates for the override), to the 1e-12 USD.
 A retried insert (same batch, same token: what the sink's retry loop and clickhouse-connect
 do after a timeout whose insert did land) is checked separately: once in events and in both
 rollups.
+
+The stream also carries producer retries: 1,000 extra copies of earlier events (same
+event_id, each at a random later position, so many straddle a kill and restart). They must be
+dropped, not counted: delivery into trustlog is at-least-once, and finance must not pay twice.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ SIGNALS = f"tl-eo-{RUN}.signals"
 GROUP = f"tl-eo-{RUN}"
 TEAM = f"eo-{RUN}"
 N_EVENTS = 20_000
+N_RETRIES = 1_000
 Q12 = Decimal("1e-12")
 OVERRIDE_MODEL = "tl-eo-model"  # $1 in, $0.25 cached, $2 out, $1.5 reasoning per million
 FLAT_TOOL = "tl-eo-flat"  # $0.0005 per call, whatever the model
@@ -183,7 +188,13 @@ def world(stack: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     rng = random.Random(RUN)
     now = datetime.now(UTC)
     events = [_event(rng, i, now) for i in range(N_EVENTS)]
-    asyncio.run(_produce(k.kafka_bootstrap, events))
+    stream = list(events)
+    for _ in range(N_RETRIES):
+        original = rng.randrange(N_EVENTS)
+        stream.insert(
+            rng.randint(stream.index(events[original]) + 1, len(stream)), events[original]
+        )
+    asyncio.run(_produce(k.kafka_bootstrap, stream))
     s = AggregatorSettings()
     client = admin_client(s)
     yield World(default_state_dir(), env, events, client, s.ch_database)
@@ -262,7 +273,15 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(world: World) -> None:
         name = f"eo-{RUN}-agg3"
         _start(w, name, started)
         _wait(lambda: _stored(w) >= N_EVENTS, 90, "all rows", poll=0.2)
-        time.sleep(3.0)  # anything counted twice would arrive now
+        _wait(
+            lambda: (
+                asyncio.run(_committed(KafkaSettings().kafka_bootstrap)) >= N_EVENTS + N_RETRIES
+            ),
+            60,
+            "every record, retries included, committed",
+            poll=0.2,
+        )
+        time.sleep(1.0)  # anything counted twice would have been inserted before its commit
     finally:
         for n in started:
             procs.stop(w.state, n)

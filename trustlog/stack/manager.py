@@ -343,14 +343,18 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
-    """Can a server bind host:port now? SO_REUSEADDR so TIME_WAIT leftovers do not count."""
+    """Can a server bind host:port now? SO_REUSEADDR so TIME_WAIT leftovers do not count.
+
+    Also nobody may answer there: Java listens on an IPv6 socket ([::ffff:127.0.0.1]), and an
+    IPv4 bind test next to it can succeed (seen with two test stacks starting at once).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
             return False
-    return True
+    return not _tcp_open(port, timeout=0.2)
 
 
 def pick_free_port(taken: Collection[int] = ()) -> int:
