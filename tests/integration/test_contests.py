@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -253,6 +253,13 @@ def test_who_can_read_contests(env: Env) -> None:
     for account in (FIN, MGR_SUPPORT):
         for obj in ("contests", "contests_current", "employee_incidents", "notifications"):
             denied(env.login(account), f"SELECT count() FROM {db}.{obj}")
+    # The table itself refuses a raw identity or an essay, whoever writes (CHECK constraints).
+    for bad in (
+        replace(foreign, pseudonym="alice@example.com"),
+        replace(foreign, context="x" * 1001),
+    ):
+        with pytest.raises(DatabaseError, match=r"VIOLATED_CONSTRAINT|Constraint"):
+            store.save(bad)
     # The employee sees their own incident only, through their row policy.
     got = rows(emp, f"SELECT incident_id FROM {db}.employee_incidents WHERE incident_id LIKE "
                     f"'ct-incident-{RUN}%'")  # fmt: skip
