@@ -51,6 +51,10 @@ SECURITY_COLUMNS = (
     "reasoning_tokens, status, retry_count, policy_flags, sensitive_classes, content_chars, "
     "cost_usd, priced, ingested_at, kafka_topic, kafka_partition, kafka_offset"
 )
+EMPLOYEE_INCIDENT_COLUMNS = (
+    "incident_id, rule, category, severity, state, team, tool, first_seen, last_seen, "
+    "signal_count, summary, user_pseudonym"
+)
 EMPLOYEE_COLUMNS = (
     "event_id, event_time, tool, model, provider, workspace, user_pseudonym, team, task_label, "
     "input_tokens, output_tokens, cached_tokens, reasoning_tokens, status, retry_count, "
@@ -140,9 +144,14 @@ def test_what_each_role_is_granted() -> None:
         f"GRANT SELECT ON {DB}.{o}" for o in roles.ROLE_OBJECTS["finance"]
     )
     assert specs["fin"].row_filters == {}
-    assert specs["mgr"].grants == (f"GRANT SELECT ON {DB}.manager_team_weekly",)
+    assert specs["mgr"].grants == (
+        f"GRANT SELECT ON {DB}.manager_team_weekly",
+        f"GRANT SELECT ON {DB}.contest_annotations",
+    )
     assert specs["mgr"].row_filters == {
-        f"{DB}.manager_team_weekly": "team IN ('support', 'o\\'brien <ops>')"
+        f"{DB}.manager_team_weekly": "team IN ('support', 'o\\'brien <ops>')",
+        # own teams, and never a contest in a group smaller than min_group_size
+        f"{DB}.contest_annotations": "team IN ('support', 'o\\'brien <ops>') AND group_ok = 1",
     }
     assert specs["sec_a"].grants == (
         f"GRANT SELECT({SECURITY_COLUMNS}) ON {DB}.events",
@@ -151,17 +160,33 @@ def test_what_each_role_is_granted() -> None:
         f"GRANT SELECT ON {DB}.spend_daily",
         f"GRANT SELECT ON {DB}.spend_hourly",
         f"GRANT SELECT ON {DB}.incidents",
+        f"GRANT SELECT ON {DB}.contests",
+        f"GRANT SELECT ON {DB}.contests_current",
     )
     assert specs["sec_a"].row_filters == {f"{DB}.events": roles.security_row_filter(DB)}
     assert f"FROM {DB}.my_cases" in roles.security_row_filter(DB)
     assert specs["emp"].grants == (
         f"GRANT SELECT({EMPLOYEE_COLUMNS}) ON {DB}.events",
+        f"GRANT SELECT({EMPLOYEE_INCIDENT_COLUMNS}) ON {DB}.incidents",
         f"GRANT SELECT ON {DB}.employee_events",
         f"GRANT SELECT ON {DB}.my_pseudonyms",
+        f"GRANT SELECT ON {DB}.employee_incidents",
+        f"GRANT SELECT ON {DB}.contests",
+        f"GRANT SELECT ON {DB}.contests_current",
     )
+    own = f"IN (SELECT pseudonym FROM {DB}.my_pseudonyms)"
     assert specs["emp"].row_filters == {
-        f"{DB}.events": f"user_pseudonym IN (SELECT pseudonym FROM {DB}.my_pseudonyms)"
+        f"{DB}.events": f"user_pseudonym {own}",
+        f"{DB}.incidents": f"user_pseudonym {own}",
+        f"{DB}.contests": f"pseudonym {own}",
     }
+    # Contests (with the employee's own words) are for the employee and the security group;
+    # reports get the annotation view, which has no person in it.
+    for name, spec in specs.items():
+        reads_contests = any(g.endswith(f"{DB}.contests") for g in spec.grants)
+        assert reads_contests == (spec.role in ("security", "employee")), name
+        reads_annotations = any(g.endswith(f"{DB}.contest_annotations") for g in spec.grants)
+        assert reads_annotations == (spec.role in ("finance", "manager")), name
 
 
 def test_no_role_gets_a_wildcard_or_an_admin_table() -> None:
@@ -268,6 +293,9 @@ def test_users_xml_and_sql_grant_exactly_the_same() -> None:
     assert others == {
         f"{DB}.events": ["emp", "sec_a", "sec_b"],
         f"{DB}.manager_team_weekly": ["mgr"],
+        f"{DB}.incidents": ["emp"],
+        f"{DB}.contests": ["emp"],
+        f"{DB}.contest_annotations": ["mgr"],
     }
 
 

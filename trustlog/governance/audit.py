@@ -25,7 +25,17 @@ from trustlog.stack.clickhouse import ADMIN_USER
 
 DETAIL_OBJECTS = (DETAIL_TABLE, "security_events", "employee_events")
 # Also audited: aggregates built from detail and the views that scope a reader.
-GOVERNED_OBJECTS = (*DETAIL_OBJECTS, "manager_team_weekly", "my_cases", "my_pseudonyms")
+GOVERNED_OBJECTS = (
+    *DETAIL_OBJECTS,
+    "manager_team_weekly",
+    "my_cases",
+    "my_pseudonyms",
+    # contests hold an employee's own words; their incidents name their pseudonym
+    "employee_incidents",
+    "contests",
+    "contests_current",
+    "contest_annotations",
+)
 ACCESS_DENIED = 497
 UNUSED_AFTER = timedelta(days=30)
 MAX_QUERY_CHARS = 2000

@@ -95,8 +95,12 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
 
 
-def authenticate(s: GovernanceSettings, account: str, password: str) -> None:
-    """Prove the actor is ``account`` by logging in to ClickHouse with its own password."""
+def authenticate(s: GovernanceSettings, account: str, password: str) -> Any:
+    """Prove the actor is ``account`` by logging in to ClickHouse with its own password.
+
+    Returns that login's client: reads made with it are the account's own, under its grants
+    and row policies (how `trustlog contest` lets the database decide what is an employee's).
+    """
     import clickhouse_connect
 
     try:
@@ -115,12 +119,18 @@ def authenticate(s: GovernanceSettings, account: str, password: str) -> None:
         ) from None
     if who != account:
         raise _fail(f"ClickHouse says you are {who!r}, not {account!r}", 2)
+    return client
+
+
+def login(s: GovernanceSettings, account: str, password: str | None) -> Any:
+    """Log in as ``account`` (password from the option, the variable or a prompt)."""
+    if password is None:
+        password = typer.prompt(f"ClickHouse password of {account}", hide_input=True)
+    return authenticate(s, account, password)
 
 
 def _actor(s: GovernanceSettings, account: str, password: str | None) -> str:
-    if password is None:
-        password = typer.prompt(f"ClickHouse password of {account}", hide_input=True)
-    authenticate(s, account, password)
+    login(s, account, password)
     return account
 
 

@@ -60,13 +60,40 @@ ROLE_OBJECTS: Mapping[str, tuple[str, ...]] = {
         "finance_top_movers",
         "finance_credit_drawdown",
         "finance_net_spend_by_month",
+        # What was contested, without any person in it (0005_contests.sql).
+        "contest_annotations",
     ),
-    "manager": ("manager_team_weekly",),
-    # Detail only under a case (row policy below); rollups and incidents to know where to look.
-    "security": ("security_events", "my_cases", "spend_daily", "spend_hourly", "incidents"),
-    "employee": ("employee_events", "my_pseudonyms"),
+    "manager": ("manager_team_weekly", "contest_annotations"),
+    # Detail only under a case (row policy below); rollups and incidents to know where to look;
+    # contests, whose queue the security group works.
+    "security": (
+        "security_events",
+        "my_cases",
+        "spend_daily",
+        "spend_hourly",
+        "incidents",
+        "contests",
+        "contests_current",
+    ),
+    # Contests: only their own (row policy on `contests`, by their pseudonyms).
+    "employee": (
+        "employee_events",
+        "my_pseudonyms",
+        "employee_incidents",
+        "contests",
+        "contests_current",
+    ),
 }
 DETAIL_ROLES = ("security", "employee")
+# Employees read the incidents that name one of their pseudonyms (employee_incidents), these
+# columns only: not the owner routing, evidence map or lifecycle bookkeeping.
+INCIDENTS_TABLE = "incidents"
+EMPLOYEE_INCIDENT_COLUMNS = (
+    "incident_id", "rule", "category", "severity", "state", "team", "tool", "first_seen",
+    "last_seen", "signal_count", "summary", "user_pseudonym",
+)  # fmt: skip
+CONTESTS_TABLE = "contests"
+ANNOTATIONS_VIEW = "contest_annotations"
 
 MAX_SECURITY_ACCOUNTS = 5
 MIN_GROUP_SIZE_FLOOR = 3  # also the floor inside manager_team_weekly
@@ -289,11 +316,22 @@ def security_row_filter(database: str) -> str:
 
 
 def employee_row_filter(database: str) -> str:
-    return f"user_pseudonym IN (SELECT pseudonym FROM {database}.my_pseudonyms)"
+    return employee_pseudonym_filter(database, "user_pseudonym")
+
+
+def employee_pseudonym_filter(database: str, column: str) -> str:
+    """Rows whose ``column`` is one of the reader's own pseudonyms."""
+    return f"{column} IN (SELECT pseudonym FROM {database}.my_pseudonyms)"
 
 
 def manager_row_filter(teams: Sequence[str]) -> str:
     return f"team IN ({', '.join(sql_string(t) for t in teams)})"
+
+
+def manager_annotation_filter(teams: Sequence[str]) -> str:
+    """Own teams' contest annotations, and only where min_group_size people used the tool
+    that day (group_ok, computed in the view): a contest in a smaller group points at one."""
+    return f"{manager_row_filter(teams)} AND group_ok = 1"
 
 
 def access_spec(account: Account, database: str, reg: Registry | None = None) -> AccessSpec:
@@ -309,8 +347,14 @@ def access_spec(account: Account, database: str, reg: Registry | None = None) ->
             if account.role == "security"
             else employee_row_filter(database)
         )
+    if account.role == "employee":
+        cols = ", ".join(EMPLOYEE_INCIDENT_COLUMNS)
+        grants.insert(1, f"GRANT SELECT({cols}) ON {database}.{INCIDENTS_TABLE}")
+        filters[f"{database}.{INCIDENTS_TABLE}"] = employee_row_filter(database)
+        filters[f"{database}.{CONTESTS_TABLE}"] = employee_pseudonym_filter(database, "pseudonym")
     if account.role == "manager":
         filters[f"{database}.manager_team_weekly"] = manager_row_filter(account.teams)
+        filters[f"{database}.{ANNOTATIONS_VIEW}"] = manager_annotation_filter(account.teams)
     return AccessSpec(account.name, account.role, tuple(grants), filters)
 
 
@@ -329,8 +373,8 @@ def describe_access(account: Account, reg: Registry | None = None) -> tuple[str,
     rows = {
         "finance": "all teams' totals; no detail, no pseudonyms",
         "manager": f"teams {', '.join(account.teams)}; groups of fewer people hidden",
-        "security": "detail only while an approved case covers it",
-        "employee": "their own rows (own pseudonyms)",
+        "security": "detail only while an approved case covers it; every contest",
+        "employee": "their own rows, incidents and contests (own pseudonyms)",
     }[account.role]
     return ", ".join(reads), rows
 
