@@ -18,6 +18,7 @@ from services.alerts.cli import incidents_app
 from trustlog import procs
 from trustlog.governance.cli import audit_app, case_app, roles_app
 from trustlog.governance.contest_cli import contest_app
+from trustlog.reports.cli import policy_app, report_app
 from trustlog.settings import default_state_dir, local_env_file
 
 app = typer.Typer(no_args_is_help=True, help=__doc__, add_completion=False)
@@ -28,6 +29,8 @@ app.add_typer(roles_app, name="roles")
 app.add_typer(case_app, name="case")
 app.add_typer(audit_app, name="audit")
 app.add_typer(contest_app, name="contest")
+app.add_typer(policy_app, name="policy")
+app.add_typer(report_app, name="report")
 console = Console()
 
 StateOpt = Annotated[

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,10 @@ class Registry:
     storage_columns: dict[str, ColumnSpec]
     rollup_columns: dict[str, ColumnSpec]
     retention: dict[str, dict[str, Any]]
+    # purpose -> what it is for, in one plain sentence (the policy page quotes it)
+    purposes: dict[str, str] = field(default_factory=dict)
+    # What no record is ever used for, whoever reads it (the policy page states each)
+    never_used_for: tuple[str, ...] = ()
 
     @property
     def kept(self) -> frozenset[str]:
@@ -201,9 +205,33 @@ def parse_registry(data: Any) -> Registry:
         n: _column("rollup column", n, s, retention, errors)
         for n, s in _section(data, "rollup_columns", errors).items()
     }
+    purposes = _section(data, "purposes", errors)
+    for p in sorted(PURPOSES - set(purposes)):
+        errors.append(f"purposes: {p!r} is not described")
+    for p, text in purposes.items():
+        if p not in PURPOSES:
+            errors.append(f"purposes: unknown purpose {p!r}")
+        elif not isinstance(text, str) or not text.strip():
+            errors.append(f"purposes: {p!r} needs a sentence saying what it is for")
+    never = data.get("never_used_for")
+    if (
+        not isinstance(never, list)
+        or not never
+        or not all(isinstance(x, str) and x.strip() for x in never)
+    ):
+        errors.append("never_used_for: must be a non-empty list of sentences")
+        never = []
     if errors:
         raise RegistryError("invalid field registry:\n  " + "\n  ".join(errors))
-    return Registry(fields, raw, storage, rollup, retention)
+    return Registry(
+        fields,
+        raw,
+        storage,
+        rollup,
+        retention,
+        purposes={str(k): str(v) for k, v in purposes.items()},
+        never_used_for=tuple(str(x).strip() for x in never),
+    )
 
 
 def load_registry(path: Path | None = None) -> Registry:

@@ -49,11 +49,13 @@ READER_PROFILE_SETTINGS: Mapping[str, int] = {"readonly": 1}
 # columns of `events` come on top for security and employee (detail_columns()).
 ROLE_OBJECTS: Mapping[str, tuple[str, ...]] = {
     # Totals by team, tool and period; the finance_* views run as their invoker, so the
-    # rollups (no pseudonyms) and the credits under them are granted too.
+    # rollups (no pseudonyms), the credits and the credit view under them are granted too
+    # (without credit_spend_by_day the two credit views refused finance: ACCESS_DENIED).
     "finance": (
         "spend_daily",
         "spend_hourly",
         "credits",
+        "credit_spend_by_day",
         "finance_spend_by_month",
         "finance_spend_by_week",
         "finance_week_over_week",
