@@ -211,6 +211,12 @@ def world(stack: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
             "is_deleted",
         ],
     )
+    _contest(
+        ch, db, "fin-a", "chat", month + timedelta(days=2), "shared_account", ["open", "upheld"]
+    )
+    # support on the report week's Monday: chat had 6 people (the lead sees it), code 2 (not)
+    _contest(ch, db, "support", "chat", week, "not_me", ["open"])
+    _contest(ch, db, "support", "code", week, "automation_misfired", ["open", "under_review"])
     out = Path(tmp_path_factory.mktemp("reports"))
     yield World(ch, db, month, week, fin, team, credit, out)
     ch.command(
@@ -219,6 +225,40 @@ def world(stack: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
         parameters={"n": f"rpt-{RUN}"},
     )
     ch.close()
+
+
+CONTEST_CONTEXT = f"context-canary-{RUN}"
+CONTEST_NOTE = f"note-canary-{RUN}"
+
+
+def _contest(
+    ch: Client, db: str, team: str, tool: str, day: date, kind: str, states: list[str]
+) -> None:
+    """A contest as trustlog contest open/review/resolve store it (tests/integration/
+    test_contests.py covers that path); here only where reports place it matters."""
+    cid = uuid.uuid4().hex[:16]
+    now = datetime.now(UTC)
+    rows = [
+        [cid, v, now + timedelta(seconds=v), state, states[v - 2] if v > 1 else "",
+         "" if v == 1 else "sys_owner", "" if v == 1 else CONTEST_NOTE, "event",
+         str(uuid.uuid4()), "p_" + uuid.uuid4().hex, kind, CONTEST_CONTEXT, team, tool, day,
+         Decimal("0.25"), now]
+        for v, state in enumerate(states, start=1)
+    ]  # fmt: skip
+    ch.insert(
+        f"{db}.contests",
+        rows,
+        column_names=["contest_id", "version", "at", "state", "from_state", "actor", "note",
+                      "record_kind", "record_id", "pseudonym", "kind", "context", "team",
+                      "tool", "record_day", "cost_usd", "opened_at"],
+    )  # fmt: skip
+
+
+def _contested_rows(html: str) -> list[list[str]]:
+    table = _values(html, r'<table data-table="contested">(.*?)</table>')
+    if not table:
+        return []
+    return [re.findall(r"<td>(.*?)</td>", tr) for tr in _values(table[0], r"<tr>(.*?)</tr>")[1:]]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -236,6 +276,7 @@ def _no_pseudonyms(paths: list[Path], calls: list[Call]) -> None:
         text = p.read_text()
         assert not [x for x in people if x in text], p
         assert f"p{RUN}" not in text and "user_pseudonym" not in text, p
+        assert CONTEST_CONTEXT not in text and CONTEST_NOTE not in text, p
 
 
 @pytest.mark.integration
@@ -291,6 +332,11 @@ def test_finance_report_as_the_finance_account(world: World, browser: Any) -> No
     ).result_rows[0][0]
     assert Decimal(db_total) == total
     _no_pseudonyms(sorted(world.out.glob(f"finance-{label}*")), world.finance)
+    # the contest of that month, read through contest_annotations as the finance account
+    assert _contested_rows(html) == [
+        [f"{world.month + timedelta(days=2)}", "fin-a", "chat", "shared_account", "upheld",
+         "upheld", "upheld: shared account"]
+    ]  # fmt: skip
 
     page = check_page(browser, html_path, f"finance-{label}")
     assert page.errors == []
@@ -340,6 +386,10 @@ def test_team_report_as_the_manager_account(world: World, browser: Any) -> None:
     for hidden in ("code", "search", "engineering", "secret-tool"):
         assert f">{hidden}<" not in html and f",{hidden}," not in html
     _no_pseudonyms(sorted(world.out.glob(f"team-support-{label}*")), world.team)
+    # chat's contest shows; code's (2 people that day) is withheld by ClickHouse itself
+    assert _contested_rows(html) == [
+        [f"{world.week}", "support", "chat", "not_me", "open", "—", "contested, not yet reviewed"]
+    ]
 
     page = check_page(browser, html_path, f"team-support-{label}")
     assert page.errors == []

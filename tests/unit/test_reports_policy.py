@@ -51,6 +51,11 @@ def test_every_kept_field_role_retention_and_promise_appears(fmt: str) -> None:
     for acc in load_roles(CONFIG_DIR / "roles.yaml").by_role("security"):
         assert acc.title in text
     assert "trustlog contest open" in text
+    # the kinds the page offers are exactly the ones `trustlog contest open` accepts
+    from trustlog.governance.contests import KINDS
+
+    offered = text.split("--kind ", 1)[1].split(" ", 1)[0]
+    assert offered.split("|") == list(KINDS)
     # nothing the page says is a user id from the config
     for acc in load_roles(CONFIG_DIR / "roles.yaml").by_role("employee"):
         assert acc.user_id and acc.user_id not in text

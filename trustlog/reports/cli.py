@@ -8,10 +8,10 @@ why), 2 bad input.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +25,7 @@ from trustlog.reports import render
 from trustlog.reports.model import (
     Annotation,
     PeriodError,
-    annotations_from_rows,
+    next_month,
     parse_iso_week,
     parse_month,
 )
@@ -45,14 +45,6 @@ StateOpt = Annotated[
     Path | None, typer.Option("--state-dir", help="Defaults to $TRUSTLOG_STATE_DIR or ./.trustlog")
 ]
 OutDir = Annotated[Path, typer.Option("--out", help="Directory for the HTML page and CSV files")]
-AnnotationsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--annotations",
-        help="JSON list of contested-record rows (team, tool, day, kind, status, outcome, note) "
-        "for the 'Contested records' section",
-    ),
-]
 PasswordEnv = "TRUSTLOG_ACCOUNT_PASSWORD"
 
 
@@ -74,16 +66,25 @@ def _roles(s: GovernanceSettings) -> roles.RolesConfig:
         raise _fail(str(exc), 2) from None
 
 
-def _annotations(path: Path | None) -> list[Annotation]:
-    if path is None:
-        return []
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, list):
-            raise ValueError("must be a JSON list")
-        return annotations_from_rows(data)
-    except (OSError, ValueError) as exc:
-        raise _fail(f"--annotations {path}: {exc}", 2) from None
+def _contested(
+    client: Client, database: str, start: date, end: date, team: str | None
+) -> list[Annotation]:
+    """The contests of [start, end) as this account may see them (contest_annotations: no
+    person in it; a manager sees only own teams and large enough groups, by row policy)."""
+    from trustlog.governance.contests import annotations
+
+    return [
+        Annotation(
+            team=a.team,
+            tool=a.tool,
+            day=a.day,
+            kind=a.kind,
+            status=a.status,
+            outcome=a.outcome,
+            note=a.outcome_label,  # a fixed phrase, never the employee's or decider's words
+        )
+        for a in annotations(client, start=start, end=end, team=team, database=database)
+    ]
 
 
 @contextmanager
@@ -174,7 +175,6 @@ def report_finance(
     account: Annotated[
         str | None, typer.Option("--account", help="Finance account (default: the first)")
     ] = None,
-    annotations: AnnotationsOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
     """Monthly spend for finance: HTML with charts plus CSV, read as the finance account."""
@@ -184,7 +184,6 @@ def report_finance(
         first = parse_month(month)
     except PeriodError as exc:
         raise _fail(str(exc), 2) from None
-    notes = _annotations(annotations)
     s = _settings(state_dir)
     config = _roles(s)
     name = _account(config, account, "finance", None)
@@ -192,6 +191,7 @@ def report_finance(
         client = _client(s, config, name)
         _say(prog, f"reading {month} totals as {name}")
         try:
+            notes = _contested(client, s.ch_database, first, next_month(first), None)
             r = finance_report(client, s.ch_database, first, account=name, annotations=notes)
         except Exception as exc:
             raise _fail(f"ClickHouse refused or failed the finance queries: {exc}", 1) from None
@@ -217,7 +217,6 @@ def report_team(
         str | None,
         typer.Option("--account", help="Manager account (default: the one for --team)"),
     ] = None,
-    annotations: AnnotationsOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
     """A team lead's weekly trend by tool, read as the manager account (own team only)."""
@@ -227,7 +226,6 @@ def report_team(
         monday = parse_iso_week(week)
     except PeriodError as exc:
         raise _fail(str(exc), 2) from None
-    notes = _annotations(annotations)
     s = _settings(state_dir)
     config = _roles(s)
     name = _account(config, account, "manager", team)
@@ -235,6 +233,7 @@ def report_team(
         client = _client(s, config, name)
         _say(prog, f"reading team {team}, weeks up to {week}, as {name}")
         try:
+            notes = _contested(client, s.ch_database, monday, monday + timedelta(days=7), team)
             r = team_report(
                 client,
                 s.ch_database,
