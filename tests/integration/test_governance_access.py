@@ -263,6 +263,28 @@ def _common_refusals(client: Client) -> None:
     assert "readonly" in message.lower(), message[:300]
 
 
+def test_every_role_reads_exactly_its_objects_and_nothing_else(gov: Gov) -> None:
+    """Exhaustive over the database: a table or view added later without a grant decision
+    shows up here, for every role, instead of in a leak."""
+    admin = gov.admin()
+    objects = [r[0] for r in rows(admin, f"SELECT name FROM system.tables WHERE database = '{DB}'")]
+    assert len(objects) > 20, objects
+    for account in ("fin_t", "mgr_a", "sec_1", "emp_x"):
+        role = gov.config.get(account).role  # type: ignore[union-attr]
+        allowed = set(roles.ROLE_OBJECTS[role])
+        if role in roles.DETAIL_ROLES:
+            allowed.add(roles.DETAIL_TABLE)  # column grant and row policy: tested below
+        if role == "employee":
+            allowed.add(roles.INCIDENTS_TABLE)  # own incidents, some columns (test_contests)
+        client = gov.login(account)
+        for obj in objects:
+            if obj in allowed:
+                client.query(f"SELECT count() FROM {DB}.{obj}")  # raises if refused
+            else:
+                assert_denied(client, f"SELECT count() FROM {DB}.{obj}")
+        assert allowed <= set(objects), (role, allowed - set(objects))
+
+
 # --------------------------------------------------------------------------- finance
 
 
