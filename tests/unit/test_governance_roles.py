@@ -151,8 +151,13 @@ def test_what_each_role_is_granted() -> None:
         f"GRANT SELECT ON {DB}.spend_daily",
         f"GRANT SELECT ON {DB}.spend_hourly",
         f"GRANT SELECT ON {DB}.incidents",
+        # held copies of legal holds on records: hold columns plus the security columns
+        f"GRANT SELECT(hold_id, hold_expires_at, held_at, {SECURITY_COLUMNS}) ON {DB}.held_events",
     )
-    assert specs["sec_a"].row_filters == {f"{DB}.events": roles.security_row_filter(DB)}
+    assert specs["sec_a"].row_filters == {
+        f"{DB}.events": roles.security_row_filter(DB),
+        f"{DB}.held_events": "has(hold_readers, currentUser()) AND hold_expires_at > now()",
+    }
     assert f"FROM {DB}.my_cases" in roles.security_row_filter(DB)
     assert specs["emp"].grants == (
         f"GRANT SELECT({EMPLOYEE_COLUMNS}) ON {DB}.events",
@@ -268,6 +273,7 @@ def test_users_xml_and_sql_grant_exactly_the_same() -> None:
     assert others == {
         f"{DB}.events": ["emp", "sec_a", "sec_b"],
         f"{DB}.manager_team_weekly": ["mgr"],
+        f"{DB}.held_events": ["sec_a", "sec_b"],
     }
 
 

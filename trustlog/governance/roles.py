@@ -288,6 +288,18 @@ def security_row_filter(database: str) -> str:
     )
 
 
+# Legal holds on records (trustlog/governance/holds.py): held copies of detail rows, each row
+# naming the security accounts that may read it. Not the case flag `legal_hold`.
+HELD_TABLE = "held_events"
+HELD_EXTRA_COLUMNS = ("hold_id", "hold_expires_at", "held_at")
+
+
+def held_row_filter() -> str:
+    """Rows of holds that list the reader, and only before the hold's expiry (checked at query
+    time, so reading ends on time even before the TTL merge deletes the rows)."""
+    return "has(hold_readers, currentUser()) AND hold_expires_at > now()"
+
+
 def employee_row_filter(database: str) -> str:
     return f"user_pseudonym IN (SELECT pseudonym FROM {database}.my_pseudonyms)"
 
@@ -309,6 +321,10 @@ def access_spec(account: Account, database: str, reg: Registry | None = None) ->
             if account.role == "security"
             else employee_row_filter(database)
         )
+    if account.role == "security":
+        cols = ", ".join((*HELD_EXTRA_COLUMNS, *detail_columns("security", reg)))
+        grants.append(f"GRANT SELECT({cols}) ON {database}.{HELD_TABLE}")
+        filters[f"{database}.{HELD_TABLE}"] = held_row_filter()
     if account.role == "manager":
         filters[f"{database}.manager_team_weekly"] = manager_row_filter(account.teams)
     return AccessSpec(account.name, account.role, tuple(grants), filters)
@@ -329,7 +345,8 @@ def describe_access(account: Account, reg: Registry | None = None) -> tuple[str,
     rows = {
         "finance": "all teams' totals; no detail, no pseudonyms",
         "manager": f"teams {', '.join(account.teams)}; groups of fewer people hidden",
-        "security": "detail only while an approved case covers it",
+        "security": "detail only while an approved case covers it; held records of holds "
+        "naming them",
         "employee": "their own rows (own pseudonyms)",
     }[account.role]
     return ", ".join(reads), rows
