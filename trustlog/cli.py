@@ -16,7 +16,7 @@ from rich.table import Table
 
 from services.alerts.cli import incidents_app
 from trustlog import procs
-from trustlog.governance.cli import audit_app, case_app, roles_app
+from trustlog.governance.cli import audit_app, case_app, hold_app, roles_app
 from trustlog.governance.contest_cli import contest_app
 from trustlog.reports.cli import policy_app, report_app
 from trustlog.settings import default_state_dir, local_env_file
@@ -31,6 +31,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(contest_app, name="contest")
 app.add_typer(policy_app, name="policy")
 app.add_typer(report_app, name="report")
+app.add_typer(hold_app, name="hold")
+retention_app = typer.Typer(no_args_is_help=True, help="Retention of every table and topic.")
+app.add_typer(retention_app, name="retention")
 console = Console()
 
 StateOpt = Annotated[
@@ -128,11 +131,17 @@ def stack_status(state_dir: StateOpt = None) -> None:
 def migrate(state_dir: StateOpt = None) -> None:
     """Apply ClickHouse migrations (numbered, forward-only)."""
     _state(state_dir)
+    from trustlog.retention import apply_ttls
+    from trustlog.settings import ClickHouseSettings
     from trustlog.storage import admin_client, migrate_all
 
-    applied = migrate_all(admin_client())
+    client = admin_client()
+    applied = migrate_all(client)
     _sync_roles()
     console.print(f"applied: {', '.join(applied) if applied else 'nothing new'}")
+    # migrate_all already set the TTLs; this run only confirms none is left to change
+    left = apply_ttls(client, ClickHouseSettings().ch_database, ClickHouseSettings())
+    console.print("TTLs match the retention classes" if not left else f"TTLs set: {left}")
 
 
 def _sync_roles() -> None:
@@ -310,3 +319,133 @@ def spend(
     for team, tool, reqs, cost, unpriced in res.result_rows:
         table.add_row(team, tool, str(reqs), f"{cost:.4f}", str(unpriced))
     console.print(table)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def _age(td: object) -> str:
+    from datetime import timedelta
+
+    if not isinstance(td, timedelta):
+        return "-"
+    secs = int(td.total_seconds())
+    if secs >= 86400:
+        return f"{secs / 86400:.1f}d"
+    if secs >= 3600:
+        return f"{secs / 3600:.1f}h"
+    return f"{secs}s"
+
+
+@retention_app.command("check")
+def retention_check(
+    state_dir: StateOpt = None,
+    enforce: Annotated[
+        bool,
+        typer.Option(help="Force ClickHouse to delete expired rows now, then check again"),
+    ] = False,
+    topics: Annotated[bool, typer.Option(help="Also check the Kafka topics")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Prove nothing older than its retention class is stored; exit 1 on a violation.
+
+    pending: past the class but inside the time ClickHouse or Kafka may take to delete it
+    (TTL merge interval, day partitions, segment roll); violation: older than that.
+    """
+    import asyncio
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from trustlog import retention
+    from trustlog.settings import RetentionSettings
+    from trustlog.storage import admin_client
+
+    _state(state_dir)
+    s = RetentionSettings()
+    client = admin_client(s)
+    report = retention.Report(at=datetime.now(UTC))
+    with _progress() as prog:
+        task = prog.add_task("checking tables", total=None)
+        report.tables, report.holds = retention.check_tables(client, s.ch_database, s)
+        if enforce:
+            prog.update(task, description="forcing TTL deletes (MATERIALIZE TTL, OPTIMIZE FINAL)")
+            report.enforced = retention.enforce_tables(client, s.ch_database, report.tables)
+            prog.update(task, description="checking tables again")
+            report.tables, report.holds = retention.check_tables(
+                client, s.ch_database, s, enforced=True
+            )
+        if topics:
+            prog.update(task, description="checking topics")
+            report.topics = asyncio.run(retention.check_topics(s))
+    if as_json:
+
+        def plain(v: object) -> object:
+            if isinstance(v, datetime):
+                return v.isoformat()
+            if hasattr(v, "total_seconds"):
+                return v.total_seconds()
+            return v
+
+        out = dataclasses.asdict(report)
+        print(json.dumps({**out, "violations": report.violations}, default=plain))
+    else:
+        _print_retention(report)
+    if report.violations:
+        raise typer.Exit(1)
+
+
+def _ms(ms: int | None) -> object:
+    from datetime import timedelta
+
+    return None if ms is None else timedelta(milliseconds=ms)
+
+
+def _print_retention(report: object) -> None:
+    from datetime import datetime
+
+    from trustlog import retention
+
+    assert isinstance(report, retention.Report)
+    style = {"ok": "green", "pending": "yellow", "violation": "bold red"}
+    tables = Table(
+        "table", "class", "keep", "rows", "oldest", "past class", "past grace", "status", "note",
+        title="ClickHouse tables",
+    )  # fmt: skip
+    for t in report.tables:
+        oldest = "-" if t.oldest is None else _age(report.at - t.oldest)
+        if t.cls == "hold" and t.oldest is not None:
+            oldest = f"expires {t.oldest:%Y-%m-%d}"
+        tables.add_row(
+            t.table, t.cls, _age(t.limit), str(t.rows), oldest, str(t.past_limit),
+            str(t.past_grace), f"[{style[t.status]}]{t.status}[/]", t.note,
+        )  # fmt: skip
+    console.print(tables)
+    if report.holds:
+        held = Table("hold", "rows", "expires UTC", "hold state", title="Held records")
+        for h in report.holds:
+            held.add_row(
+                h.hold_id[:8], str(h.rows), f"{h.expires_at:%Y-%m-%d %H:%M}",
+                "active" if h.active else "[bold red]released, rows remain[/]",
+            )  # fmt: skip
+        console.print(held)
+    if report.topics:
+        topics = Table(
+            "topic", "class", "keep", "retention.ms", "segment.ms", "records", "past class",
+            "past allowed", "status", "note", title="Kafka topics",
+        )  # fmt: skip
+        for tp in report.topics:
+            topics.add_row(
+                tp.topic, tp.cls, _age(tp.limit), _age(_ms(tp.retention_ms)),
+                _age(_ms(tp.segment_ms)), str(tp.records), str(tp.older_than_limit),
+                str(tp.older_than_allowed), f"[{style[tp.status]}]{tp.status}[/]", tp.note,
+            )  # fmt: skip
+        console.print(topics)
+    if report.enforced:
+        console.print(f"enforced TTL deletes on: {', '.join(report.enforced)}")
+    if report.violations:
+        console.print(f"[bold red]violations:[/] {', '.join(report.violations)}")
+    else:
+        at = report.at if isinstance(report.at, datetime) else None
+        console.print(
+            f"[green]nothing stored past its retention class[/] (as of {at:%H:%M:%S} UTC)"
+        )

@@ -29,6 +29,7 @@ class TopicSpec:
     retention_ms: int
     # compression happens on the producer; topics keep the producer's codec
     extra: tuple[tuple[str, str], ...] = ()
+    retention_class: str = ""  # schemas/retention.yaml; "" for a spec built by hand
 
     def configs(self) -> dict[str, str]:
         return {
@@ -50,14 +51,23 @@ def segment_ms(retention_ms: int) -> int:
 
 
 def topic_specs(s: KafkaSettings) -> list[TopicSpec]:
-    """Every topic trustlog owns, with the retention its contents justify."""
+    """Every topic trustlog owns; retention.ms is its class's length (schemas/retention.yaml)."""
+    from trustlog.retention import class_lengths, topic_class
+
+    lengths = class_lengths(s)
+
+    def topic(
+        key: str, name: str, parts: int, extra: tuple[tuple[str, str], ...] = ()
+    ) -> TopicSpec:
+        cls = topic_class(key)
+        return TopicSpec(name, parts, int(lengths[cls].total_seconds() * 1000), extra, cls)
+
     p = s.topic_partitions
     return [
-        # raw holds content and real identities: hours, never longer than catch-up needs
-        TopicSpec(
+        topic(
+            "raw",
             s.topic_raw,
             p,
-            int(s.raw_retention_hours * HOUR_MS),
             (
                 # oversized content must reach the redactor to be dead-lettered, not bounce at ingest
                 ("max.message.bytes", str(MAX_RAW_MESSAGE_BYTES)),
@@ -66,25 +76,26 @@ def topic_specs(s: KafkaSettings) -> list[TopicSpec]:
                 ("message.timestamp.type", "LogAppendTime"),
             ),
         ),
-        TopicSpec(s.topic_redacted, p, int(s.redacted_retention_days * DAY_MS)),
-        TopicSpec(s.topic_deadletter, 1, int(s.deadletter_retention_days * DAY_MS)),
-        TopicSpec(s.topic_signals, 1, int(s.signals_retention_days * DAY_MS)),
-        TopicSpec(s.topic_incidents, p, int(s.incidents_retention_days * DAY_MS)),
+        topic("redacted", s.topic_redacted, p),
+        topic("deadletter", s.topic_deadletter, 1),
+        topic("signals", s.topic_signals, 1),
+        topic("incidents", s.topic_incidents, p),
         # Lifecycle commands for the alerts agent; one partition like the signals it shares
         # the agent (and its table) with. Names come from AlertsSettings when given one.
-        TopicSpec(
+        topic(
+            "incident_commands",
             getattr(s, "topic_incident_commands", INCIDENT_COMMANDS_TOPIC),
             1,
-            int(s.incidents_retention_days * DAY_MS),
         ),
         # Slack notifications not yet delivered: compacted, a delivered one gets a tombstone.
-        # Short segments and tombstone retention so delivered payloads do not linger.
-        TopicSpec(
+        # Short segments and tombstone retention so delivered payloads do not linger; also
+        # deleted by age, so a notice Slack never accepts does not outlive its class.
+        topic(
+            "slack_outbox",
             getattr(s, "topic_slack_outbox", SLACK_OUTBOX_TOPIC),
             1,
-            int(s.incidents_retention_days * DAY_MS),
             (
-                ("cleanup.policy", "compact"),
+                ("cleanup.policy", "compact,delete"),
                 ("segment.ms", str(HOUR_MS)),
                 ("delete.retention.ms", str(HOUR_MS)),
                 ("min.cleanable.dirty.ratio", "0.1"),

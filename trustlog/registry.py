@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,145 @@ def load_registry(path: Path | None = None) -> Registry:
 @cache
 def registry() -> Registry:
     return load_registry()
+
+
+# ---------------------------------------------------------------------------- retention map
+
+# Classes whose rows have no age of their own: `hold` rows live until their hold's expiry,
+# `configured` rows as long as the configuration they mirror.
+HOLD_CLASS = "hold"
+CONFIGURED_CLASS = "configured"
+
+
+@dataclass(frozen=True)
+class RetentionClass:
+    """A class of ``fields.yaml``: its default length and, if configurable, the bounds."""
+
+    name: str
+    what: str
+    default: timedelta | None  # None: no fixed age (hold, configured)
+    min: timedelta | None = None
+    max: timedelta | None = None
+
+    def check(self, value: timedelta) -> timedelta:
+        """``value`` if it lies within the class bounds; a fixed class takes only its default."""
+        fixed = self.min is None and self.max is None
+        lo = self.default if fixed else self.min
+        hi = self.default if fixed else self.max
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise RegistryError(
+                f"retention class {self.name!r}: {_human(value)} is outside "
+                f"{_human(lo) if lo else '0'}..{_human(hi) if hi else 'unbounded'}"
+            )
+        return value
+
+
+def _human(td: timedelta | None) -> str:
+    if td is None:
+        return "-"
+    secs = int(td.total_seconds())
+    if secs % 86400 == 0:
+        return f"{secs // 86400}d"
+    if secs % 3600 == 0:
+        return f"{secs // 3600}h"
+    return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class TableRetention:
+    table: str
+    cls: str
+    age: str | None  # expression the age counts from; None for `configured`
+    grain_hours: int = 0
+    columns: tuple[tuple[str, str, str], ...] = ()  # (column, class, age expression)
+
+
+@dataclass(frozen=True)
+class RetentionMap:
+    classes: dict[str, RetentionClass]
+    tables: dict[str, TableRetention]
+    topics: dict[str, str]  # settings name (raw, redacted, ...) -> class
+
+
+def _span(spec: dict[str, Any], prefix: str) -> timedelta | None:
+    days, hours = spec.get(f"{prefix}days"), spec.get(f"{prefix}hours")
+    if days is not None:
+        return timedelta(days=float(days))
+    if hours is not None:
+        return timedelta(hours=float(hours))
+    return None
+
+
+def retention_classes(reg: Registry) -> dict[str, RetentionClass]:
+    out: dict[str, RetentionClass] = {}
+    for name, spec in reg.retention.items():
+        spec = spec or {}
+        out[name] = RetentionClass(
+            name,
+            str(spec.get("what", "")),
+            _span(spec, ""),
+            _span(spec, "min_"),
+            _span(spec, "max_"),
+        )
+    return out
+
+
+def parse_retention_map(data: Any, reg: Registry) -> RetentionMap:
+    """Validate a loaded ``retention.yaml`` against the classes of ``reg``."""
+    if not isinstance(data, dict):
+        raise RegistryError("retention map must be a mapping")
+    classes = retention_classes(reg)
+    errors: list[str] = []
+    for c in classes.values():
+        if c.default is None and c.name not in (HOLD_CLASS, CONFIGURED_CLASS):
+            errors.append(f"retention class {c.name!r}: needs days or hours")
+        if c.name == HOLD_CLASS and c.max is None:
+            errors.append("retention class 'hold': needs max_days (the cap of a hold)")
+    tables: dict[str, TableRetention] = {}
+    for name, spec in _section(data, "tables", errors).items():
+        where = f"table {name!r}"
+        if not isinstance(spec, dict) or spec.get("class") not in classes:
+            errors.append(f"{where}: needs a known retention class")
+            continue
+        cls, age = str(spec["class"]), spec.get("age")
+        if (cls == CONFIGURED_CLASS) != (age is None):
+            errors.append(f"{where}: every class but {CONFIGURED_CLASS!r} needs `age`")
+        cols: list[tuple[str, str, str]] = []
+        for col, cspec in (spec.get("columns") or {}).items():
+            if (
+                not isinstance(cspec, dict)
+                or cspec.get("class") not in classes
+                or not cspec.get("age")
+            ):
+                errors.append(f"{where} column {col!r}: needs a known class and `age`")
+                continue
+            cols.append((str(col), str(cspec["class"]), str(cspec["age"])))
+        grain = spec.get("grain", 0)
+        if not isinstance(grain, int) or grain < 0:
+            errors.append(f"{where}: grain must be whole hours >= 0")
+            grain = 0
+        tables[str(name)] = TableRetention(
+            str(name), cls, None if age is None else str(age), grain, tuple(cols)
+        )
+    topics: dict[str, str] = {}
+    for name, cls in _section(data, "topics", errors).items():
+        if cls not in classes or classes[cls].default is None:
+            errors.append(f"topic {name!r}: needs a retention class with a length, got {cls!r}")
+            continue
+        topics[str(name)] = str(cls)
+    if errors:
+        raise RegistryError("invalid retention map:\n  " + "\n  ".join(errors))
+    return RetentionMap(classes, tables, topics)
+
+
+def load_retention_map(path: Path | None = None, reg: Registry | None = None) -> RetentionMap:
+    text = (path or SCHEMAS_DIR / "retention.yaml").read_text()
+    return parse_retention_map(yaml.safe_load(text), reg or registry())
+
+
+@cache
+def retention_map() -> RetentionMap:
+    return load_retention_map()
 
 
 # ---------------------------------------------------------------------------- schema checks

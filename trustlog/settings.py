@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,6 +54,16 @@ class _Base(BaseSettings):
 MAX_RAW_RETENTION_HOURS = 24
 
 
+def _in_class(cls: str, value: timedelta) -> None:
+    """Refuse a retention setting outside its class bounds in schemas/fields.yaml."""
+    from trustlog.registry import RegistryError, registry, retention_classes
+
+    try:
+        retention_classes(registry())[cls].check(value)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class KafkaSettings(_Base):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_raw: str = "ai-usage.raw.v1"
@@ -61,18 +72,20 @@ class KafkaSettings(_Base):
     topic_signals: str = "ai-usage.signals.v1"
     topic_incidents: str = "ai-usage.incidents.v1"
     topic_partitions: int = 3
-    # Raw events hold content and real identities: keep them only as long as the redactor
-    # could need to catch up after an outage. Longer than a day is refused (the `transient`
-    # class of schemas/fields.yaml); a redactor down that long has to be fixed, not waited for.
+    # Topic retention is per class (schemas/retention.yaml says which topic has which):
+    # `transient` for the raw topic, which holds content and real identities: only as long as
+    # the redactor could need to catch up after an outage; longer than a day is refused, a
+    # redactor down that long has to be fixed, not waited for.
     raw_retention_hours: float = Field(default=6.0, gt=0, le=MAX_RAW_RETENTION_HOURS)
-    # Pseudonymised detail; never longer than the `detail` class maximum (90 days).
-    redacted_retention_days: float = Field(default=7.0, gt=0, le=90)
-    deadletter_retention_days: float = Field(default=7.0, gt=0, le=90)
-    signals_retention_days: float = 14.0
-    incidents_retention_days: float = 30.0
+    # `stream` for every topic between services (redacted, dead letters, signals, incidents,
+    # commands, Slack outbox): long enough to replay after an outage, 1..14 days.
+    stream_retention_days: float = Field(default=7.0, gt=0)
 
-
-DETAIL_TTL_MIN_DAYS, DETAIL_TTL_MAX_DAYS = 30, 90
+    @model_validator(mode="after")
+    def _topic_classes(self) -> KafkaSettings:
+        _in_class("transient", timedelta(hours=self.raw_retention_hours))
+        _in_class("stream", timedelta(days=self.stream_retention_days))
+        return self
 
 
 class ClickHouseSettings(_Base):
@@ -82,27 +95,26 @@ class ClickHouseSettings(_Base):
     ch_password: SecretStr = SecretStr("")
     ch_database: str = "trustlog"
     ch_secure: bool = False
-    # Detail rows are deleted by ClickHouse itself after this many days. 30..90 is the
-    # detail retention class of schemas/fields.yaml; a value outside it is refused unless
+    # Detail rows are deleted by ClickHouse itself after this many days: the `detail` class
+    # of schemas/fields.yaml (30..90). A value outside it is refused unless
     # detail_ttl_unchecked is set, which exists for tests and demos on throwaway databases
     # (the retention test needs rows that expire within seconds).
     detail_ttl_days: int = Field(default=60, ge=1, le=3650)
     detail_ttl_unchecked: bool = False
-    # Hourly and daily rollups: no pseudonyms, kept for year-over-year budget review.
+    # Hourly and daily rollups (`rollup` class, 91..1100): no pseudonyms, kept for
+    # year-over-year budget review.
     rollup_ttl_days: int = Field(default=400, ge=1, le=3650)
+    # Longest a legal hold on records may last (`hold` class, at most its max_days).
+    hold_max_days: int = Field(default=365, ge=1)
 
     @model_validator(mode="after")
     def _retention_bounds(self) -> ClickHouseSettings:
-        if not self.detail_ttl_unchecked and not (
-            DETAIL_TTL_MIN_DAYS <= self.detail_ttl_days <= DETAIL_TTL_MAX_DAYS
-        ):
-            raise ValueError(
-                f"detail_ttl_days={self.detail_ttl_days} is outside "
-                f"{DETAIL_TTL_MIN_DAYS}..{DETAIL_TTL_MAX_DAYS} (set TRUSTLOG_DETAIL_TTL_UNCHECKED "
-                "only for a throwaway test database)"
-            )
+        if not self.detail_ttl_unchecked:
+            _in_class("detail", timedelta(days=self.detail_ttl_days))
+            _in_class("rollup", timedelta(days=self.rollup_ttl_days))
         if self.rollup_ttl_days <= self.detail_ttl_days:
             raise ValueError("rollup_ttl_days must exceed detail_ttl_days: rollups outlive detail")
+        _in_class("hold", timedelta(days=self.hold_max_days))
         return self
 
 
@@ -246,3 +258,7 @@ class GovernanceSettings(ClickHouseSettings):
     # Role accounts, minimum group size and case limits; one file for users.xml and for the
     # SQL a production server is given.
     roles_file: Path = CONFIG_DIR / "roles.yaml"
+
+
+class RetentionSettings(AlertsSettings, GovernanceSettings):
+    """`trustlog retention check`: every table and every topic, so every setting of both."""

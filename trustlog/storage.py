@@ -26,11 +26,16 @@ def admin_client(settings: ClickHouseSettings | None = None, **kw: Any) -> Clien
 
 def migrate_all(client: Client, settings: ClickHouseSettings | None = None) -> list[str]:
     from trustlog.migrate import apply_migrations
+    from trustlog.retention import apply_ttls
 
     s = settings or ClickHouseSettings()
-    return apply_migrations(
+    applied = apply_migrations(
         client,
         database=s.ch_database,
         detail_ttl_days=s.detail_ttl_days,
         rollup_ttl_days=s.rollup_ttl_days,
     )
+    # TTLs come from the retention classes (schemas/retention.yaml), not from the literals a
+    # migration was written with, and follow a changed setting on an existing database.
+    apply_ttls(client, s.ch_database, s)
+    return applied

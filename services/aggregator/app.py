@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from datetime import UTC, date, datetime
@@ -43,6 +42,7 @@ from services.aggregator.signals import (
 )
 from trustlog.avro import redacted_codec, signal_codec
 from trustlog.kafka import ensure_topics
+from trustlog.retention import apply_ttls
 from trustlog.runtime import Health, Metrics, run_service
 from trustlog.settings import AggregatorSettings
 from trustlog.storage import admin_client
@@ -52,13 +52,6 @@ log = logging.getLogger("aggregator")
 # a restarted consumer can wait for a predecessor's insert that is still running.
 QUERY_ID_PREFIX = "trustlog-aggregator"
 NEVER_EXPIRES = date(2149, 6, 6)  # largest ClickHouse Date
-# Tables with a TTL: the expression their migration gave them and which setting sets the days.
-RETENTION: dict[str, tuple[str, str]] = {
-    "events": ("toDateTime(event_time)", "detail"),
-    "spend_hourly": ("hour", "rollup"),
-    "spend_daily": ("day", "rollup"),
-}
-_TTL_DAYS = re.compile(r"\bTTL .*?toIntervalDay\((\d+)\)")
 # events.cost_usd is Decimal(38, 12): round once here so what is stored is what was computed.
 COST_QUANTUM = Decimal("1e-12")
 
@@ -302,35 +295,6 @@ def recent_event_ids(
         parameters={"topic": topic, "parts": partitions, "hours": hours, "limit": limit},
     )
     return [str(r[0]) for r in res.result_rows]
-
-
-def apply_retention(
-    client: Client, database: str, detail_ttl_days: int, rollup_ttl_days: int
-) -> list[str]:
-    """Bring the tables' TTLs in line with the settings; returns the tables changed.
-
-    Migrations bake the TTL in when they create a table, so without this a changed
-    TRUSTLOG_DETAIL_TTL_DAYS would be ignored by an existing database. Idempotent: a table
-    that already has the configured TTL is left alone (no ALTER, no TTL re-materialisation).
-    """
-    res = client.query(
-        "SELECT name, engine_full FROM system.tables "
-        "WHERE database = {db:String} AND name IN {names:Array(String)}",
-        parameters={"db": database, "names": list(RETENTION)},
-    )
-    changed: list[str] = []
-    for name, engine in res.result_rows:
-        expr, kind = RETENTION[str(name)]
-        want = detail_ttl_days if kind == "detail" else rollup_ttl_days
-        found = _TTL_DAYS.search(str(engine))
-        if found is not None and int(found.group(1)) == want:
-            continue
-        client.command(
-            f"ALTER TABLE {database}.{name} MODIFY TTL {expr} + INTERVAL {want} DAY DELETE"
-        )
-        log.info("retention changed", extra={"table": name, "ttl_days": want})
-        changed.append(str(name))
-    return changed
 
 
 def sync_credits(client: Client, database: str, credits: tuple[Credit, ...], source: str) -> None:
@@ -608,13 +572,9 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_topics(self.s)
-        await asyncio.to_thread(
-            apply_retention,
-            self.client,
-            self.s.ch_database,
-            self.s.detail_ttl_days,
-            self.s.rollup_ttl_days,
-        )
+        # TTLs from the retention classes, so a changed TRUSTLOG_DETAIL_TTL_DAYS reaches an
+        # existing database
+        await asyncio.to_thread(apply_ttls, self.client, self.s.ch_database, self.s)
         if self.s.price_overrides_file is not None:
             # The file is the source of truth for credits; an instance without one leaves
             # them alone (to drop every credit, keep the file with `credits: []`).

@@ -23,8 +23,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from pydantic import ValidationError
 
-from services.aggregator.app import EVENT_COLUMNS, apply_retention
+from services.aggregator.app import EVENT_COLUMNS
 from trustlog.migrate import apply_migrations
+from trustlog.retention import apply_ttls
 from trustlog.settings import ClickHouseSettings
 from trustlog.storage import admin_client
 
@@ -126,9 +127,11 @@ def test_configured_retention_is_applied_to_an_existing_database(ch: Client) -> 
         return {str(r[0]): str(r[1]) for r in rows}
 
     assert ttl_days() == {"events": "1", "spend_hourly": "400", "spend_daily": "400"}
-    assert sorted(apply_retention(ch, DB, 45, 500)) == ["events", "spend_daily", "spend_hourly"]
+    settings = ClickHouseSettings(detail_ttl_days=45, rollup_ttl_days=500)
+    changed = apply_ttls(ch, DB, settings)
+    assert {"events", "spend_daily", "spend_hourly"} <= set(changed)
     assert ttl_days() == {"events": "45", "spend_hourly": "500", "spend_daily": "500"}
-    assert apply_retention(ch, DB, 45, 500) == []  # already in line: no ALTER
+    assert apply_ttls(ch, DB, settings) == []  # already in line: no ALTER
 
 
 def test_detail_ttl_is_bounded_to_30_90_days_unless_explicitly_unchecked(
@@ -141,8 +144,11 @@ def test_detail_ttl_is_bounded_to_30_90_days_unless_explicitly_unchecked(
     for days in (30, 90):
         assert ClickHouseSettings(detail_ttl_days=days).detail_ttl_days == days
     for days in (29, 91, 1):
-        with pytest.raises(ValidationError, match=r"outside 30\.\.90"):
+        with pytest.raises(ValidationError, match=r"'detail': \d+d is outside 30d\.\.90d"):
             ClickHouseSettings(detail_ttl_days=days)
     assert ClickHouseSettings(detail_ttl_days=1, detail_ttl_unchecked=True).detail_ttl_days == 1
-    with pytest.raises(ValidationError, match="rollups outlive detail"):
+    # the rollup class starts above the detail class's maximum: rollups outlive detail
+    with pytest.raises(ValidationError, match=r"'rollup': 60d is outside 91d\.\.1100d"):
         ClickHouseSettings(detail_ttl_days=90, rollup_ttl_days=60)
+    with pytest.raises(ValidationError, match="rollups outlive detail"):
+        ClickHouseSettings(detail_ttl_days=90, rollup_ttl_days=60, detail_ttl_unchecked=True)

@@ -75,8 +75,7 @@ async def test_topics_are_created_with_their_retention(admin: AIOKafkaAdminClien
     s = _settings(
         uuid.uuid4().hex[:8],
         raw_retention_hours=3,
-        redacted_retention_days=5,
-        deadletter_retention_days=4,
+        stream_retention_days=5,
     )
     names = [s.topic_raw, s.topic_redacted, s.topic_deadletter]
     created = await ensure_topics(s)
@@ -87,7 +86,7 @@ async def test_topics_are_created_with_their_retention(admin: AIOKafkaAdminClien
     raw, red, dead = (cfg[n] for n in names)
     assert int(raw["retention.ms"]) == 3 * HOUR_MS
     assert int(red["retention.ms"]) == 5 * DAY_MS
-    assert int(dead["retention.ms"]) == 4 * DAY_MS
+    assert int(dead["retention.ms"]) == 5 * DAY_MS  # both `stream` class
     assert raw["cleanup.policy"] == red["cleanup.policy"] == dead["cleanup.policy"] == "delete"
     # raw content is gone within retention + one segment (+ the broker's 5 min check),
     # not after the 7-day default segment roll of a quiet topic
@@ -116,7 +115,7 @@ async def test_a_changed_setting_is_applied_to_existing_topics(
     )
     # config changes reach the broker's metadata cache asynchronously
     await _settled(admin, first.topic_raw, "min.compaction.lag.ms", "1234")
-    second = _settings(run, raw_retention_hours=2, redacted_retention_days=3)
+    second = _settings(run, raw_retention_hours=2, stream_retention_days=3)
     assert await ensure_topics(second) == []  # nothing new, only changed
     await _settled(admin, second.topic_raw, "retention.ms", str(2 * HOUR_MS))
     cfg = await _configs(admin, [second.topic_raw, second.topic_redacted])

@@ -162,8 +162,13 @@ def test_what_each_role_is_granted() -> None:
         f"GRANT SELECT ON {DB}.incidents",
         f"GRANT SELECT ON {DB}.contests",
         f"GRANT SELECT ON {DB}.contests_current",
+        # held copies of legal holds on records: hold columns plus the security columns
+        f"GRANT SELECT(hold_id, hold_expires_at, held_at, {SECURITY_COLUMNS}) ON {DB}.held_events",
     )
-    assert specs["sec_a"].row_filters == {f"{DB}.events": roles.security_row_filter(DB)}
+    assert specs["sec_a"].row_filters == {
+        f"{DB}.events": roles.security_row_filter(DB),
+        f"{DB}.held_events": "has(hold_readers, currentUser()) AND hold_expires_at > now()",
+    }
     assert f"FROM {DB}.my_cases" in roles.security_row_filter(DB)
     assert specs["emp"].grants == (
         f"GRANT SELECT({EMPLOYEE_COLUMNS}) ON {DB}.events",
@@ -296,6 +301,7 @@ def test_users_xml_and_sql_grant_exactly_the_same() -> None:
         f"{DB}.incidents": ["emp"],
         f"{DB}.contests": ["emp"],
         f"{DB}.contest_annotations": ["mgr"],
+        f"{DB}.held_events": ["sec_a", "sec_b"],
     }
 
 

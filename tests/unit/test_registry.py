@@ -197,17 +197,17 @@ def test_redactor_refuses_to_start_on_a_field_the_registry_lacks(field: str) -> 
 
 def test_topic_retention_settings_follow_the_registry() -> None:
     transient = registry().retention["transient"]
-    detail = registry().retention["detail"]
+    stream = registry().retention["stream"]
     fields = KafkaSettings.model_fields
     assert fields["raw_retention_hours"].default == transient["hours"]
+    assert fields["stream_retention_days"].default == stream["days"]
     assert transient["max_hours"] == MAX_RAW_RETENTION_HOURS
-    assert fields["redacted_retention_days"].default <= detail["max_days"]
     with pytest.raises(ValidationError, match="less than or equal to 24"):
         KafkaSettings(raw_retention_hours=25)
     with pytest.raises(ValidationError, match="greater than 0"):
         KafkaSettings(raw_retention_hours=0)
-    with pytest.raises(ValidationError):
-        KafkaSettings(redacted_retention_days=detail["max_days"] + 1)
+    with pytest.raises(ValidationError, match=r"'stream': 15d is outside 1d\.\.14d"):
+        KafkaSettings(stream_retention_days=stream["max_days"] + 1)
     assert KafkaSettings(raw_retention_hours=24).raw_retention_hours == 24
 
 

@@ -23,7 +23,7 @@ from trustlog.governance.cases import Case, CaseStore, active_case_ids, describe
 from trustlog.governance.roles import DETAIL_TABLE, RolesConfig
 from trustlog.stack.clickhouse import ADMIN_USER
 
-DETAIL_OBJECTS = (DETAIL_TABLE, "security_events", "employee_events")
+DETAIL_OBJECTS = (DETAIL_TABLE, "security_events", "employee_events", "held_events")
 # Also audited: aggregates built from detail and the views that scope a reader.
 GOVERNED_OBJECTS = (
     *DETAIL_OBJECTS,

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustlog.governance import audit, cases, roles
+from trustlog.governance import audit, cases, holds, roles
 from trustlog.settings import GovernanceSettings, default_state_dir
 
 roles_app = typer.Typer(no_args_is_help=True, help="Role accounts from config/roles.yaml.")
@@ -31,6 +31,10 @@ case_app = typer.Typer(
     no_args_is_help=True, help="Time-boxed deeper review: open, approve, close, list."
 )
 audit_app = typer.Typer(no_args_is_help=True, help="Who holds and who used detail access.")
+hold_app = typer.Typer(
+    no_args_is_help=True,
+    help="Legal holds on records: keep named records past retention for a few readers.",
+)
 console = Console()
 
 StateOpt = Annotated[
@@ -365,6 +369,151 @@ def case_list(
     for c in found:
         table.add_row(*_case_row(c, now))
     console.print(table)
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def _hold_row(h: holds.RecordHold, now: datetime) -> list[str]:
+    return [
+        h.hold_id[:8],
+        h.effective_state(now),
+        h.scope_value if h.scope_kind == "pseudonym" else f"{len(h.event_ids)} event id(s)",
+        str(h.held_rows),
+        ", ".join(h.readers),
+        f"{h.placed_by} / {h.approver}",
+        _when(h.placed_at),
+        _when(h.expires_at),
+        h.reason if len(h.reason) <= 40 else h.reason[:39] + "…",
+        f"{h.released_by} {_when(h.released_at)}" if h.released_at else "",
+    ]
+
+
+def _expiry(text: str, now: datetime) -> datetime:
+    """A duration from now ('90d') or an ISO date/time (UTC unless it says otherwise)."""
+    try:
+        return now + cases.parse_duration(text)
+    except cases.CaseError:
+        return cases.parse_time(text, now)
+
+
+@hold_app.command("place")
+def hold_place(
+    account: Annotated[
+        str,
+        typer.Option("--as", "--account", envvar="TRUSTLOG_ACCOUNT", help="Your security account"),
+    ],
+    approver: Annotated[str, typer.Option(help="Another security account, who approves now")],
+    reason: Annotated[str, typer.Option(help="Why these records must be kept")],
+    readers: Annotated[str, typer.Option(help="Security accounts who may read them, a,b")],
+    expires: Annotated[str, typer.Option(help="ISO date/time or e.g. 90d (capped)")],
+    event_id: Annotated[
+        list[str] | None, typer.Option("--event-id", help="A record to hold (repeatable)")
+    ] = None,
+    pseudonym: Annotated[str | None, typer.Option(help="Hold one pseudonym's records")] = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="With --pseudonym: ISO time or e.g. 30d")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="With --pseudonym: ISO time or e.g. 1h")
+    ] = None,
+    password: PasswordOpt = None,
+    approver_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRUSTLOG_APPROVER_PASSWORD",
+            help="The approver's ClickHouse password (prompted if not given)",
+            show_default=False,
+        ),
+    ] = None,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Place a legal hold: copy the named records where retention cannot delete them."""
+    s = _settings(state_dir)
+    config = _config(s)
+    now = datetime.now(UTC)
+    ids = [i for raw in event_id or [] for i in raw.split(",")]
+    try:
+        hold = holds.new_hold(
+            config,
+            placed_by=account,
+            approver=approver,
+            reason=reason,
+            readers=readers.split(","),
+            expires_at=_expiry(expires, now),
+            max_days=s.hold_max_days,
+            now=now,
+            event_ids=ids,
+            pseudonym=pseudonym,
+            period_start=cases.parse_time(since, now) if since else None,
+            period_end=cases.parse_time(until, now) if until else None,
+        )
+    except cases.CaseError as exc:
+        raise _fail(str(exc), 1) from None
+    # Two people, both logged in: one places, another approves.
+    _actor(s, account, password)
+    _actor(s, approver, approver_password)
+    placed = holds.place_hold(holds.HoldStore(_admin(s), s.ch_database), hold)
+    if as_json:
+        print(json.dumps(_jsonable(placed)))
+        return
+    console.print(
+        f"hold {placed.hold_id} placed: {placed.held_rows} record(s) kept until "
+        f"{_when(placed.expires_at)} UTC, readable by {', '.join(placed.readers)}",
+        highlight=False,
+    )
+    if placed.held_rows == 0:
+        console.print("no stored record matched: nothing is held", style="yellow")
+
+
+@hold_app.command("list")
+def hold_list(
+    state_dir: StateOpt = None,
+    all_holds: Annotated[bool, typer.Option("--all", help="Include released and expired")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Legal holds on records, newest first."""
+    s = _settings(state_dir)
+    now = datetime.now(UTC)
+    found = holds.HoldStore(_admin(s), s.ch_database).list(include_ended=all_holds)
+    if as_json:
+        print(
+            json.dumps([{**_jsonable(h), "effective_state": h.effective_state(now)} for h in found])
+        )
+        return
+    table = Table(
+        "id", "state", "scope", "rows", "readers", "placed / approved", "placed UTC",
+        "expires UTC", "reason", "released",
+    )  # fmt: skip
+    for h in found:
+        table.add_row(*_hold_row(h, now))
+    console.print(table)
+
+
+@hold_app.command("release")
+def hold_release(
+    hold_id: Annotated[str, typer.Argument(help="Hold id or a unique prefix (6+ chars)")],
+    account: AsOpt,
+    reason: Annotated[str, typer.Option(help="Why the records need not be kept any more")],
+    password: PasswordOpt = None,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Release a hold early: its copies are deleted now."""
+    s = _settings(state_dir)
+    config = _config(s)
+    _actor(s, account, password)
+    try:
+        hold = holds.release_hold(
+            holds.HoldStore(_admin(s), s.ch_database), config, hold_id, account, reason
+        )
+    except cases.CaseError as exc:
+        raise _fail(str(exc), 1) from None
+    if as_json:
+        print(json.dumps(_jsonable(hold)))
+        return
+    console.print(f"hold {hold.hold_id} released; its {hold.held_rows} copies are deleted")
 
 
 # --------------------------------------------------------------------------- audit

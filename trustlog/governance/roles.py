@@ -317,6 +317,18 @@ def security_row_filter(database: str) -> str:
     )
 
 
+# Legal holds on records (trustlog/governance/holds.py): held copies of detail rows, each row
+# naming the security accounts that may read it. Not the case flag `legal_hold`.
+HELD_TABLE = "held_events"
+HELD_EXTRA_COLUMNS = ("hold_id", "hold_expires_at", "held_at")
+
+
+def held_row_filter() -> str:
+    """Rows of holds that list the reader, and only before the hold's expiry (checked at query
+    time, so reading ends on time even before the TTL merge deletes the rows)."""
+    return "has(hold_readers, currentUser()) AND hold_expires_at > now()"
+
+
 def employee_row_filter(database: str) -> str:
     return employee_pseudonym_filter(database, "user_pseudonym")
 
@@ -354,6 +366,10 @@ def access_spec(account: Account, database: str, reg: Registry | None = None) ->
         grants.insert(1, f"GRANT SELECT({cols}) ON {database}.{INCIDENTS_TABLE}")
         filters[f"{database}.{INCIDENTS_TABLE}"] = employee_row_filter(database)
         filters[f"{database}.{CONTESTS_TABLE}"] = employee_pseudonym_filter(database, "pseudonym")
+    if account.role == "security":
+        cols = ", ".join((*HELD_EXTRA_COLUMNS, *detail_columns("security", reg)))
+        grants.append(f"GRANT SELECT({cols}) ON {database}.{HELD_TABLE}")
+        filters[f"{database}.{HELD_TABLE}"] = held_row_filter()
     if account.role == "manager":
         filters[f"{database}.manager_team_weekly"] = manager_row_filter(account.teams)
         filters[f"{database}.{ANNOTATIONS_VIEW}"] = manager_annotation_filter(account.teams)
@@ -375,7 +391,8 @@ def describe_access(account: Account, reg: Registry | None = None) -> tuple[str,
     rows = {
         "finance": "all teams' totals; no detail, no pseudonyms",
         "manager": f"teams {', '.join(account.teams)}; groups of fewer people hidden",
-        "security": "detail only while an approved case covers it; every contest",
+        "security": "detail only while an approved case covers it; every contest; held "
+        "records of holds naming them",
         "employee": "their own rows, incidents and contests (own pseudonyms)",
     }[account.role]
     return ", ".join(reads), rows

@@ -82,8 +82,12 @@ def retention_period(spec: dict[str, Any]) -> str:
     if "days" in spec:
         d = int(spec["days"])
         return f"{d} day" + ("s" if d != 1 else "")
-    h = int(spec["hours"])
-    return f"{h} hour" + ("s" if h != 1 else "")
+    if "hours" in spec:
+        h = int(spec["hours"])
+        return f"{h} hour" + ("s" if h != 1 else "")
+    if "max_days" in spec:  # `hold`: no fixed age, the hold's own expiry under a cap
+        return f"until the hold ends, at most {int(spec['max_days'])} days"
+    return "as long as the configuration lists it"  # `configured`: mirrors of config files
 
 
 def _plural(n: int, word: str) -> str:
