@@ -155,3 +155,19 @@ def test_accelerated_and_pure_re_paths_agree() -> None:
         assert [scan_all(t) for t in texts] == fast
     finally:
         detect.set_accelerator(True)
+
+
+def test_phone_column_header_is_found_after_other_phone_words() -> None:
+    """Bare numbers count in the rows of a table whose header names a phone column, also when
+    a phone word comes earlier in prose; a header word with no delimiter after it on its
+    line does not make a header."""
+    from services.redactor import detect
+
+    rows = "".join(f"Ann{i},0301234{i:03d},Berlin\n" for i in range(3))
+    try:
+        for accelerated in (True, False):
+            detect.set_accelerator(accelerated)
+            assert scan_all("Please phone me later.\nname,phone,city\n" + rows) == {"phone": 3}
+            assert scan_all("a,b,phone\n" + rows) == {}
+    finally:
+        detect.set_accelerator(True)
