@@ -31,7 +31,9 @@ class PageCheck:
     errors: list[str] = field(default_factory=list)  # console errors, page errors, requests
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while playwright's sync API is open it keeps an event loop
+# running in this thread, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         reason = (
