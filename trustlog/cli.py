@@ -449,3 +449,15 @@ def _print_retention(report: object) -> None:
         console.print(
             f"[green]nothing stored past its retention class[/] (as of {at:%H:%M:%S} UTC)"
         )
+
+
+def main() -> None:
+    """Console entry point: a stack problem (busy port, missing java) is a message, not a
+    traceback; everything else keeps typer's handling."""
+    from trustlog.stack import StackError
+
+    try:
+        app()
+    except StackError as exc:
+        Console(stderr=True).print(f"trustlog: {exc}", style="red", markup=False, highlight=False)
+        raise SystemExit(1) from None
