@@ -43,7 +43,10 @@ StateOpt = Annotated[
 AsOpt = Annotated[
     str,
     typer.Option(
-        "--as", envvar="TRUSTLOG_ACCOUNT", help="Your security account (config/roles.yaml)"
+        "--as",
+        "--account",
+        envvar="TRUSTLOG_ACCOUNT",
+        help="Your security account (config/roles.yaml)",
     ),
 ]
 PasswordOpt = Annotated[
