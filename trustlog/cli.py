@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -128,7 +128,19 @@ def stack_status(state_dir: StateOpt = None) -> None:
 
 
 @app.command()
-def migrate(state_dir: StateOpt = None) -> None:
+def migrate(
+    state_dir: StateOpt = None,
+    service_accounts: Annotated[
+        bool,
+        typer.Option(
+            "--service-accounts",
+            help="Also create the services' own accounts (trustlog_aggregator, trustlog_alerts) "
+            "with SQL, passwords from TRUSTLOG_AGGREGATOR_CH_PASSWORD and "
+            "TRUSTLOG_ALERTS_CH_PASSWORD: for a server with writable access storage "
+            "(docker-compose, production); the local stack has them in users.xml",
+        ),
+    ] = False,
+) -> None:
     """Apply ClickHouse migrations (numbered, forward-only)."""
     _state(state_dir)
     from trustlog.retention import apply_ttls
@@ -137,11 +149,30 @@ def migrate(state_dir: StateOpt = None) -> None:
 
     client = admin_client()
     applied = migrate_all(client)
-    _sync_roles()
     console.print(f"applied: {', '.join(applied) if applied else 'nothing new'}")
+    if service_accounts:
+        _create_service_accounts(client)
+    _sync_roles()
     # migrate_all already set the TTLs; this run only confirms none is left to change
     left = apply_ttls(client, ClickHouseSettings().ch_database, ClickHouseSettings())
     console.print("TTLs match the retention classes" if not left else f"TTLs set: {left}")
+
+
+def _create_service_accounts(client: Any) -> None:
+    from trustlog.governance import roles as gov_roles
+    from trustlog.settings import GovernanceSettings
+    from trustlog.stack.clickhouse import sha256_hex
+
+    gs = GovernanceSettings()
+    given = gs.service_passwords()
+    missing = [f"TRUSTLOG_{svc.upper()}_CH_PASSWORD" for svc, pw in given.items() if not pw]
+    if missing:
+        console.print(f"[red]--service-accounts needs {', '.join(missing)}[/red]")
+        raise typer.Exit(2)
+    hashes = {gov_roles.SERVICE_ACCOUNTS[svc]: sha256_hex(pw) for svc, pw in given.items() if pw}
+    for stmt in gov_roles.service_sql(gs.ch_database, hashes, gs.service_networks):
+        client.command(stmt)
+    console.print(f"service accounts: {', '.join(gov_roles.SERVICE_ACCOUNTS.values())}")
 
 
 def _sync_roles() -> None:
@@ -162,6 +193,13 @@ def run(
     if service not in procs.SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(procs.SERVICES)}")
     import importlib
+
+    from trustlog.governance.roles import service_env
+
+    # Its own ClickHouse account from the local stack, unless the environment names one
+    # (docker-compose, production).
+    for key, value in service_env(default_state_dir(), service).items():
+        os.environ.setdefault(key, value)
 
     importlib.import_module(f"services.{service}.app").main()
 

@@ -63,16 +63,25 @@ def _pid(state: Path, name: str) -> int | None:
 
 
 def start(state: Path, name: str, module: str, env: dict[str, str] | None = None) -> int:
-    """Start ``python -m module`` detached unless it already runs. Returns its pid."""
+    """Start ``python -m module`` detached unless it already runs. Returns its pid.
+
+    A service with a ClickHouse account of its own (aggregator, alerts) logs in as it;
+    ``env`` still wins.
+    """
     logs, pids = _dirs(state)
     pid = _pid(state, name)
     if pid is not None and _alive(pid, module):
         return pid
+    from trustlog.governance.roles import service_env
+
     full_env = {
         **os.environ,
         "TRUSTLOG_STATE_DIR": str(state),
         "TRUSTLOG_INSTANCE": name,
         "PYTHONUNBUFFERED": "1",
+        # The service's own ClickHouse account, not the admin of stack.env: its reads are
+        # its own in query_log and it can read nothing it does not need.
+        **service_env(state, module.removeprefix("services.")),
     }
     full_env.update(env or {})
     with open(logs / f"{name}.log", "ab") as out:

@@ -2,8 +2,9 @@
 
 Every table and topic has a retention class (schemas/retention.yaml, classes in
 schemas/fields.yaml). :func:`apply_ttls` sets each table's TTL from its class (run by
-``trustlog migrate`` and the aggregator at start), :func:`trustlog.kafka.topic_specs` gives
-each topic its class's retention.ms, and :func:`check` proves what is stored is inside policy.
+``trustlog migrate`` as the admin: the services' own accounts may not ALTER),
+:func:`trustlog.kafka.topic_specs` gives each topic its class's retention.ms, and
+:func:`check` proves what is stored is inside policy.
 
 ClickHouse deletes expired rows lazily, in TTL merges (at most every merge_with_ttl_timeout
 seconds per table) and, for tables that drop whole parts only, once a part's newest row

@@ -258,6 +258,25 @@ class GovernanceSettings(ClickHouseSettings):
     # Role accounts, minimum group size and case limits; one file for users.xml and for the
     # SQL a production server is given.
     roles_file: Path = CONFIG_DIR / "roles.yaml"
+    # Passwords of the service accounts (trustlog_aggregator, trustlog_alerts) for the SQL a
+    # production server is given (`roles sql`, `migrate --service-accounts`); unset, the
+    # state dir's generated ones are used. Each service itself logs in with TRUSTLOG_CH_USER
+    # and TRUSTLOG_CH_PASSWORD.
+    aggregator_ch_password: SecretStr | None = None
+    alerts_ch_password: SecretStr | None = None
+    # Where the services connect from (IPs or CIDRs), for that SQL; loopback by default.
+    service_networks: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    def service_passwords(self) -> dict[str, str | None]:
+        """service -> password given in the environment (None: use the generated one)."""
+        return {
+            "aggregator": _secret(self.aggregator_ch_password),
+            "alerts": _secret(self.alerts_ch_password),
+        }
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 class RetentionSettings(AlertsSettings, GovernanceSettings):

@@ -11,6 +11,8 @@ from trustlog.settings import ClickHouseSettings
 
 
 def admin_client(settings: ClickHouseSettings | None = None, **kw: Any) -> Client:
+    """A client logged in as TRUSTLOG_CH_USER: the admin for migrations and the CLI, the
+    service's own account inside the aggregator and alerts (`trustlog up` sets it)."""
     s = settings or ClickHouseSettings()
     return clickhouse_connect.get_client(
         host=s.ch_host,

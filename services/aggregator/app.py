@@ -42,7 +42,6 @@ from services.aggregator.signals import (
 )
 from trustlog.avro import redacted_codec, signal_codec
 from trustlog.kafka import ensure_topics
-from trustlog.retention import apply_ttls
 from trustlog.runtime import Health, Metrics, run_service
 from trustlog.settings import AggregatorSettings
 from trustlog.storage import admin_client
@@ -572,9 +571,8 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_topics(self.s)
-        # TTLs from the retention classes, so a changed TRUSTLOG_DETAIL_TTL_DAYS reaches an
-        # existing database
-        await asyncio.to_thread(apply_ttls, self.client, self.s.ch_database, self.s)
+        # TTLs are not set here: that is an ALTER, which the aggregator's own account may not
+        # run; `trustlog migrate` (admin, before the services start) applies them.
         if self.s.price_overrides_file is not None:
             # The file is the source of truth for credits; an instance without one leaves
             # them alone (to drop every credit, keep the file with `credits: []`).

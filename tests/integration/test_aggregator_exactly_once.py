@@ -39,8 +39,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from clickhouse_connect.driver.client import Client
 from genai_prices import Usage, calc_price
 
+from services.aggregator.app import QUERY_ID_PREFIX
 from trustlog import procs
 from trustlog.avro import redacted_codec
+from trustlog.governance.roles import SERVICE_ACCOUNTS
 from trustlog.kafka import ensure_topics
 from trustlog.settings import AggregatorSettings, KafkaSettings, default_state_dir
 from trustlog.storage import admin_client
@@ -317,6 +319,19 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(world: World) -> None:
         assert unp == unpriced and tokens == input_tokens, rollup
     # The restart after the first kill found rows beyond the committed offsets and skipped them.
     assert resumed, "the second aggregator did not resume after the stored rows"
+    # Every insert and read of the three aggregators ran as the aggregator's own account.
+    w.client.command("SYSTEM FLUSH LOGS")
+    users = w.client.query(
+        "SELECT DISTINCT user FROM system.query_log WHERE startsWith(query_id, {p:String})",
+        parameters={"p": f"{QUERY_ID_PREFIX}:{w.db}:{TOPIC}:"},
+    ).result_rows
+    assert users == [(SERVICE_ACCOUNTS["aggregator"],)]
+    bookkeeping = w.client.query(
+        "SELECT count() FROM system.query_log WHERE user = {u:String} AND type = 'QueryFinish' "
+        "AND query_kind = 'Select' AND has(tables, {t:String})",
+        parameters={"u": SERVICE_ACCOUNTS["aggregator"], "t": f"{w.db}.events"},
+    ).result_rows[0][0]
+    assert bookkeeping >= 3  # resume offsets and recent ids at each start, as itself
     print(
         f"\nSIGKILL x2, {N_EVENTS} events: exact in events/spend_hourly/spend_daily in {elapsed:.1f}s"
     )

@@ -36,6 +36,7 @@ from typer.testing import CliRunner
 from services.alerts.cli import incidents_app
 from tests.slack_receiver import SlackReceiver
 from trustlog.avro import incident_codec, signal_codec
+from trustlog.governance import roles
 from trustlog.settings import CONFIG_DIR, PROJECT_ROOT, AlertsSettings, default_state_dir
 from trustlog.storage import admin_client
 
@@ -144,6 +145,10 @@ def alerts(
 ) -> Iterator[AlertsProcess]:
     tmp = tmp_path_factory.mktemp("alerts")
     env = dict(os.environ)  # carries TRUSTLOG_STATE_DIR from the stack fixture
+    # The service's own ClickHouse account, as `trustlog up` runs it (not stack.env's admin).
+    own = roles.service_env(default_state_dir(), "alerts")
+    assert own["TRUSTLOG_CH_USER"] == roles.SERVICE_ACCOUNTS["alerts"]
+    env.update(own)
     env.update(
         TRUSTLOG_SLACK_WEBHOOK_URL=slack_receiver_server.url,
         TRUSTLOG_SLACK_CHANNEL_WEBHOOKS=json.dumps(
@@ -608,6 +613,25 @@ def test_unapproved_tool_usage_opens_a_security_incident(
     (post,) = slack_receiver.wait_for(_mentions(team), timeout=15)
     assert "shadow-gpt" in json.dumps(post) and "chat-assistant" not in json.dumps(post)
     assert slack_receiver.payloads(_mentions(team), hook=SECURITY_HOOK) == [post]
+    # The service read the rollup and wrote the incident as its own account, never the admin.
+    _query(settings, "SYSTEM FLUSH LOGS")
+    db = settings.ch_database
+
+    def users(kind: str, table: str) -> set[str]:
+        return {
+            r[0]
+            for r in _query(
+                settings,
+                "SELECT DISTINCT user FROM system.query_log WHERE type = 'QueryFinish' "
+                "AND query_kind = {k:String} AND has(tables, {t:String})",
+                k=kind,
+                t=f"{db}.{table}",
+            )
+        }
+
+    alerts_account = roles.SERVICE_ACCOUNTS["alerts"]
+    assert users("Insert", "incidents") == {alerts_account}
+    assert alerts_account in users("Select", "spend_hourly")
 
 
 # --- durability --------------------------------------------------------------------------------

@@ -91,13 +91,24 @@ class Gov:
             host="127.0.0.1", port=self.port, username=account, password=self.passwords[account]
         )
 
+    def service(self, service: str) -> Client:
+        name = roles.SERVICE_ACCOUNTS[service]
+        password = roles.local_service_passwords(self.dir / "state")[name]
+        return clickhouse_connect.get_client(
+            host="127.0.0.1", port=self.port, username=name, password=password
+        )
+
     def store(self) -> cases.CaseStore:
         return cases.CaseStore(self.admin(), DB)
 
 
 def _write_server_files(ch_dir: Path, port: int, config: roles.RolesConfig, state: Path) -> None:
     hashes = roles.local_password_hashes(config, state)
-    users = [clickhouse.admin_user(ADMIN_PW), *roles.users_xml_users(config, DB, hashes)]
+    users = [
+        clickhouse.admin_user(ADMIN_PW),
+        *roles.service_users_xml(DB, roles.service_password_hashes(state)),
+        *roles.users_xml_users(config, DB, hashes),
+    ]
     (ch_dir / "users.xml").write_text(
         clickhouse.render_users_xml(users, roles.users_xml_profiles())
     )
@@ -497,6 +508,159 @@ def test_view_columns_follow_the_field_registry(gov: Gov) -> None:
     assert set(roles.detail_columns("security")) <= events
 
 
+# --------------------------------------------------------------------------- service accounts
+
+# Every table that holds people's records or governance state; no service may read them.
+NO_SERVICE_READS = ("cases", "contests", "read_audit", "held_events", "security_events",
+                    "employee_events", "employee_pseudonyms", "notifications", "record_holds",
+                    "manager_team_weekly", "governance_settings", "schema_migrations")  # fmt: skip
+AGG_TOPIC = "svc-test-topic"
+
+
+def _no_ddl(client: Client, table: str) -> None:
+    for sql in (
+        f"DROP TABLE {DB}.{table}",
+        f"TRUNCATE TABLE {DB}.{table}",
+        f"ALTER TABLE {DB}.{table} DELETE WHERE 1",
+        f"ALTER TABLE {DB}.{table} ADD COLUMN x UInt8",
+        f"CREATE TABLE {DB}.svc_new (x UInt8) ENGINE = Memory",
+        f"DROP DATABASE {DB}",
+        "CREATE USER svc_made IDENTIFIED BY 'x'",
+    ):
+        assert_denied(client, sql)
+
+
+def test_aggregator_account_does_its_job_and_nothing_else(gov: Gov) -> None:
+    from services.aggregator.app import (
+        recent_event_ids,
+        stored_offsets,
+        sync_credits,
+        wait_for_running_inserts,
+    )
+
+    agg = gov.service("aggregator")
+    assert agg.command("SELECT currentUser()") == roles.SERVICE_ACCOUNTS["aggregator"]
+    team = "svc-" + uuid.uuid4().hex[:6]
+    event_id = str(uuid.uuid4())
+    # Its job: insert events the way the Sink does (dedup token, block size, query id), the
+    # rollups filled by the materialized views as a side effect...
+    agg.insert(
+        f"{DB}.events",
+        [[event_id, gov.now, team, "chat", p("svc-user"), "2", "ok", 10, 5, "0.25", 1, "x",
+          "v1", 10, AGG_TOPIC, 0, 41]],
+        column_names=[*EVENT_COLUMNS, "kafka_topic", "kafka_partition", "kafka_offset"],
+        settings={"insert_deduplication_token": uuid.uuid4().hex,
+                  "max_insert_block_size": 1_048_576, "min_insert_block_size_rows": 0,
+                  "query_id": f"trustlog-aggregator:{DB}:{AGG_TOPIC}:{uuid.uuid4().hex}"},
+    )  # fmt: skip
+    admin = gov.admin()
+    assert rows(admin, f"SELECT sum(requests) FROM {DB}.spend_hourly WHERE team = '{team}'") == [
+        (1,)
+    ]
+    # ...resume and dedup from the bookkeeping columns, wait for a predecessor's inserts,
+    # warm start from the rollup, mirror credits.
+    assert stored_offsets(agg, DB, AGG_TOPIC, [0]) == {0: 41}
+    assert recent_event_ids(agg, DB, AGG_TOPIC, [0], 48, 10) == [event_id]
+    assert wait_for_running_inserts(agg, DB, AGG_TOPIC, 5) == 0
+    assert rows(agg, f"SELECT sum(requests) FROM {DB}.spend_hourly WHERE team = '{team}'") == [(1,)]
+    sync_credits(agg, DB, (), "svc-test")
+
+    # Never a detail column: not read, not filtered on, not through a view or `*`.
+    for sql in (
+        f"SELECT user_pseudonym FROM {DB}.events",
+        f"SELECT * FROM {DB}.events",
+        f"SELECT team, tool FROM {DB}.events",
+        f"SELECT sensitive_classes FROM {DB}.events",
+        f"SELECT count() FROM {DB}.events WHERE user_pseudonym = '{p('svc-user')}'",
+        f"SELECT count() FROM {DB}.events WHERE team = '{team}'",
+        f"SELECT event_id FROM {DB}.events ORDER BY user_pseudonym",
+    ):
+        assert_denied(agg, sql)
+    for table in (*NO_SERVICE_READS, "incidents", "incident_history", "spend_daily"):
+        assert_denied(agg, f"SELECT count() FROM {DB}.{table}")
+    # Writes only where it writes: not the rollups directly, not another service's tables.
+    for table, col in (("spend_hourly", "team"), ("incidents", "incident_id"),
+                       ("cases", "case_id"), ("read_audit", "query_id"),
+                       ("employee_pseudonyms", "account")):  # fmt: skip
+        assert_denied(agg, f"INSERT INTO {DB}.{table} ({col}) VALUES ('x')")
+    _no_ddl(agg, "events")
+    # system.processes: the query ids only, never other people's query text.
+    assert_denied(agg, "SELECT query FROM system.processes")
+    assert_denied(agg, "SELECT user FROM system.processes")
+    for table in LEAKY_SYSTEM_TABLES:
+        if table != "system.processes":
+            assert_denied(agg, f"SELECT * FROM {table} LIMIT 1")
+    assert_denied(agg, "SELECT * FROM file('/etc/hostname', CSV, 'a String')")
+
+
+def test_alerts_account_does_its_job_and_nothing_else(gov: Gov) -> None:
+    from services.alerts.app import HISTORY_COLUMNS, INCIDENT_COLUMNS
+    from services.alerts.approved_tools import usage_query
+    from services.alerts.commands import IncidentQueries
+
+    alerts = gov.service("alerts")
+    assert alerts.command("SELECT currentUser()") == roles.SERVICE_ACCOUNTS["alerts"]
+    incident_id = uuid.uuid4().hex
+    at = datetime.now(UTC)
+    incident = dict.fromkeys(INCIDENT_COLUMNS, "")
+    incident |= {"incident_id": incident_id, "signal_count": 1, "first_seen": at, "last_seen": at,
+                 "user_pseudonym": None, "evidence": {}, "version": 1, "updated_at": at,
+                 "opened_at": at, "escalated_at": None, "acknowledged_at": None,
+                 "resolved_at": None, "reopen_count": 0, "category": "cost", "state": "open"}  # fmt: skip
+    alerts.insert(f"{DB}.incidents", [list(incident.values())], column_names=INCIDENT_COLUMNS)
+    history = dict.fromkeys(HISTORY_COLUMNS, "") | {"incident_id": incident_id, "at": at,
+                                                     "signal_count": 1, "version": 1}  # fmt: skip
+    alerts.insert(f"{DB}.incident_history", [list(history.values())], column_names=HISTORY_COLUMNS)
+    queries = IncidentQueries(alerts, DB)
+    assert queries.find(incident_id)["incident_id"] == incident_id
+    assert len(queries.history(incident_id)) == 1
+    assert queries.commands(incident_id) == []
+    alerts.query(usage_query(DB))  # the unapproved-tool check
+
+    for table in (*NO_SERVICE_READS, "events", "credits", "spend_daily", "contest_annotations"):
+        assert_denied(alerts, f"SELECT count() FROM {DB}.{table}")
+    assert_denied(alerts, f"SELECT event_id FROM {DB}.events")
+    for table, col in (("events", "event_id"), ("spend_hourly", "team"), ("credits", "name"),
+                       ("cases", "case_id"), ("read_audit", "query_id")):  # fmt: skip
+        assert_denied(alerts, f"INSERT INTO {DB}.{table} ({col}) VALUES ('x')")
+    _no_ddl(alerts, "incidents")
+    for table in LEAKY_SYSTEM_TABLES:
+        assert_denied(alerts, f"SELECT * FROM {table} LIMIT 1")
+
+
+def test_access_review_lists_service_reads_as_bookkeeping(gov: Gov) -> None:
+    """The aggregator reads `events` as itself, on bookkeeping columns only: the review shows it
+    as a service and its reads as bookkeeping; the admin's read stays a detail read."""
+    from services.aggregator.app import stored_offsets
+
+    stored_offsets(gov.service("aggregator"), DB, AGG_TOPIC, [0])
+    rows(gov.admin(), f"SELECT count() FROM {DB}.events WHERE user_pseudonym != ''")
+    now = datetime.now(UTC)
+    review = audit.access_review(gov.admin(), DB, gov.config, f"{now:%Y-%m}", now)
+    agg = roles.SERVICE_ACCOUNTS["aggregator"]
+    holders = {h.account: h for h in review.holders}
+    assert holders[agg].role == "service" and holders[agg].in_config
+    assert holders[agg].access.startswith("bookkeeping columns of events only")
+    assert holders[agg].last_detail_read is None
+    assert roles.SERVICE_ACCOUNTS["alerts"] not in holders  # no grant on any detail object
+    assert review.bookkeeping_reads.get(agg, 0) >= 1
+    assert agg not in review.other_detail_reads
+    assert review.other_detail_reads.get(clickhouse.ADMIN_USER, 0) >= 1
+    assert not [f for f in review.findings if agg in f], review.findings
+    # The server's own grants decide: the same review with a wider grant is a finding.
+    wider = audit.server_detail_columns(gov.admin(), DB) | {agg: None}
+    built = audit.build_review(
+        month=f"{now:%Y-%m}", database=DB, config=gov.config,
+        server_holders=audit.server_detail_holders(gov.admin(), DB), cases=[],
+        reads=audit.load_reads(gov.admin(), DB, now - timedelta(days=31), now + timedelta(1)),
+        now=now, server_columns=wider,
+    )  # fmt: skip
+    assert agg in built.other_detail_reads and agg not in built.bookkeeping_reads
+    assert any(
+        f.startswith(f"{agg} (the aggregator service) can read detail") for f in built.findings
+    )
+
+
 # --------------------------------------------------------------------------- audit + CLI
 
 
@@ -611,7 +775,10 @@ def test_production_sql_parses_and_reaches_access_storage(gov: Gov) -> None:
     writable access storage" (514) and "users.xml storage is read-only" (495), which this
     server raises after parsing and resolving the statement (users, tables, settings)."""
     hashes = roles.local_password_hashes(gov.config, gov.dir / "state")
-    stmts = roles.render_sql(gov.config, DB, hashes)
+    stmts = roles.render_sql(
+        gov.config, DB, hashes, service_hashes=roles.service_password_hashes(gov.dir / "state")
+    )
+    assert any(st.startswith("GRANT SELECT(query_id) ON system.processes TO ") for st in stmts)
     admin = gov.admin()
     outcomes: dict[str, int] = {}
     for stmt in stmts:
@@ -625,7 +792,9 @@ def test_production_sql_parses_and_reaches_access_storage(gov: Gov) -> None:
             assert code != -1, f"{stmt}\n{message[:500]}"
         outcomes[stmt.split(" ")[0] + " " + stmt.split(" ")[1]] = code
     assert set(outcomes.values()) <= {0, 495, 514}
-    assert {"CREATE USER", "GRANT SELECT", "CREATE ROW", "CREATE SETTINGS"} <= set(outcomes)
+    assert {"CREATE USER", "GRANT SELECT", "GRANT INSERT", "CREATE ROW", "CREATE SETTINGS"} <= set(
+        outcomes
+    )
 
 
 def test_users_xml_changes_need_a_restart(gov: Gov) -> None:

@@ -18,6 +18,7 @@ def _settings_env_names() -> set[str]:
         settings.RedactorSettings,
         settings.AggregatorSettings,
         settings.AlertsSettings,
+        settings.GovernanceSettings,  # `migrate --service-accounts`
     ):
         names |= {f"TRUSTLOG_{f.upper()}" for f in cls.model_fields}
     return names
@@ -35,6 +36,26 @@ def test_compose_uses_only_known_settings() -> None:
     )
     assert compose["services"]["kafka"]["image"].startswith("apache/kafka:")
     assert compose["services"]["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
+
+
+def test_compose_gives_each_service_its_own_clickhouse_account() -> None:
+    from trustlog.governance.roles import SERVICE_ACCOUNTS
+    from trustlog.stack.clickhouse import ADMIN_USER
+
+    services = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"]
+    env = {name: svc.get("environment", {}) for name, svc in services.items()}
+    for name in ("ingest", "redactor"):  # Kafka only: no ClickHouse account at all
+        assert not [k for k in env[name] if k.startswith("TRUSTLOG_CH_")], name
+    for service, account in SERVICE_ACCOUNTS.items():
+        assert env[service]["TRUSTLOG_CH_USER"] == account
+        own = f"TRUSTLOG_{service.upper()}_CH_PASSWORD"
+        assert own in env[service]["TRUSTLOG_CH_PASSWORD"]
+        assert own in env["migrate"][own]  # the admin creates the account with it
+    assert env["migrate"]["TRUSTLOG_CH_USER"] == ADMIN_USER
+    assert "--service-accounts" in services["migrate"]["command"]
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    for service in SERVICE_ACCOUNTS:
+        assert f"TRUSTLOG_{service.upper()}_CH_PASSWORD=" in example
 
 
 def test_compose_kafka_version_matches_local_stack() -> None:

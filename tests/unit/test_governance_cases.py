@@ -243,6 +243,44 @@ def test_access_review_answers_the_monthly_questions() -> None:
     assert "trustlog_admin" not in text and "lead (" not in text
 
 
+def test_service_reads_of_bookkeeping_columns_are_not_detail_reads() -> None:
+    agg, alerts = "trustlog_aggregator", "trustlog_alerts"
+    reads = [
+        _read(agg, NOW, objects=("trustlog.events",)),
+        _read(agg, NOW + timedelta(minutes=1), objects=("trustlog.events",)),
+        _read("trustlog_admin", NOW, objects=("trustlog.events",)),
+    ]
+    server = {agg: "SELECT ON trustlog.events(columns)", "trustlog_admin": "ALL ON *.*"}
+    narrow = {agg: frozenset({"events.kafka_offset", "events.event_id"}), "trustlog_admin": None}
+
+    def review(columns: dict[str, frozenset[str] | None]) -> audit.AccessReview:
+        return audit.build_review(
+            month="2026-03", database="trustlog", config=CONFIG, server_holders=server,
+            cases=[], reads=reads, now=NOW + timedelta(days=1), server_columns=columns,
+        )  # fmt: skip
+
+    ok = review(narrow)
+    holders = {h.account: h for h in ok.holders}
+    assert holders[agg].role == "service" and holders[agg].title == "the aggregator service"
+    assert holders[agg].access.startswith("bookkeeping columns of events only")
+    assert holders[agg].last_detail_read is None and holders[agg].in_config
+    assert alerts not in holders  # no detail grant at all
+    assert ok.bookkeeping_reads == {agg: 2}
+    assert ok.other_detail_reads == {"trustlog_admin": 1}
+    assert not [f for f in ok.findings if agg in f]
+    # One column beyond the bookkeeping ones (or a whole-table grant) and it is detail again.
+    for wider in (narrow | {agg: narrow[agg] | {"events.user_pseudonym"}}, narrow | {agg: None}):
+        bad = review(wider)
+        assert bad.bookkeeping_reads == {}
+        assert bad.other_detail_reads == {agg: 2, "trustlog_admin": 1}
+        assert any(
+            f.startswith(f"{agg} (the aggregator service) can read detail") for f in bad.findings
+        )
+    # No column facts (an old caller): not taken on trust.
+    assert review({}).other_detail_reads[agg] == 2
+    assert audit.bookkeeping_only(frozenset()) and not audit.bookkeeping_only(None)
+
+
 def test_review_of_a_past_month_judges_use_at_its_end() -> None:
     read = _read("lead", datetime(2026, 1, 20, tzinfo=UTC))
     review = audit.build_review(

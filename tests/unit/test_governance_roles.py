@@ -253,7 +253,7 @@ def _unquote(literal: str) -> str:
 
 
 def _from_sql(stmts: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
-    profiles: dict[str, dict[str, str]] = {}
+    profiles: dict[str, dict[str, str]] = {"default": {}}  # the server's own, empty in users.xml
     users: dict[str, dict[str, Any]] = {}
     others: dict[str, list[str]] = {}
     for stmt in stmts:
@@ -303,6 +303,95 @@ def test_users_xml_and_sql_grant_exactly_the_same() -> None:
         f"{DB}.contest_annotations": ["mgr"],
         f"{DB}.held_events": ["sec_a", "sec_b"],
     }
+
+
+SERVICE_HASHES = {n: clickhouse.sha256_hex(f"pw-{n}") for n in roles.SERVICE_ACCOUNTS.values()}
+
+
+def test_service_accounts_in_users_xml_and_sql_are_the_same() -> None:
+    config = roles.parse_roles(_config())
+    nets = ["10.0.0.0/8", "127.0.0.1"]
+    xml_side = _from_users_xml(
+        clickhouse.render_users_xml(
+            [
+                clickhouse.admin_user("x"),
+                *roles.service_users_xml(DB, SERVICE_HASHES, nets),
+                *roles.users_xml_users(config, DB, HASHES),
+            ],
+            roles.users_xml_profiles(),
+        )
+    )
+    sql = roles.render_sql(config, DB, HASHES, service_hashes=SERVICE_HASHES, service_networks=nets)
+    sql_side, others = _from_sql(sql)
+    assert xml_side == sql_side
+    assert set(xml_side) == {a.name for a in config.accounts} | set(SERVICE_HASHES)
+    for name in SERVICE_HASHES:
+        assert xml_side[name]["settings"] == {}  # server default: inserts set settings
+        assert xml_side[name]["filters"] == {}
+        assert xml_side[name]["networks"] == sorted(nets)
+    # Services are outside every row policy: they see all rows of what they are granted.
+    assert not set(SERVICE_HASHES) & {a for accs in others.values() for a in accs}
+    assert roles.service_sql(DB, SERVICE_HASHES, nets) == [s for s in sql if "trustlog_a" in s]
+
+
+def test_service_grants_are_exactly_their_job() -> None:
+    agg = set(roles.service_grants("aggregator", DB))
+    assert agg == {
+        "GRANT INSERT ON trustlog.events",
+        "GRANT SELECT(event_id, event_time, ingested_at, kafka_topic, kafka_partition, "
+        "kafka_offset) ON trustlog.events",
+        "GRANT SELECT ON trustlog.spend_hourly",
+        "GRANT SELECT, INSERT ON trustlog.credits",
+        "GRANT SELECT(query_id) ON system.processes",
+    }
+    assert set(roles.service_grants("alerts", DB)) == {
+        "GRANT SELECT, INSERT ON trustlog.incidents",
+        "GRANT SELECT, INSERT ON trustlog.incident_history",
+        "GRANT SELECT, INSERT ON trustlog.incident_commands",
+        "GRANT SELECT ON trustlog.spend_hourly",
+    }
+    # The aggregator's columns of events say nothing about a person or their work: no field
+    # of the registry that a reader role sees besides these bookkeeping ones.
+    reg = registry()
+    persons = {"user_pseudonym", "team", "tool", "model", "sensitive_classes", "policy_flags"}
+    assert not persons & set(roles.AGGREGATOR_EVENT_COLUMNS)
+    assert set(roles.AGGREGATOR_EVENT_COLUMNS) <= set(reg.fields) | set(reg.storage_columns)
+    for service in roles.SERVICE_ACCOUNTS:
+        for grant in roles.service_grants(service, DB):
+            assert " ALL" not in grant and "*" not in grant
+            assert not re.search(r"ALTER|DROP|CREATE|TRUNCATE|OPTION", grant), grant
+    with pytest.raises(roles.RolesError):
+        roles.service_grants("ingest", DB)  # ingest and redactor have no account
+    with pytest.raises(roles.RolesError, match="not an IP"):
+        roles.service_sql(DB, SERVICE_HASHES, ["everywhere"])
+
+
+def test_service_account_names_are_reserved() -> None:
+    data = _config()
+    data["accounts"].append({"name": "trustlog_aggregator", "role": "finance"})
+    with pytest.raises(roles.RolesError, match="reserved"):
+        roles.parse_roles(data)
+
+
+def test_service_env_and_passwords(tmp_path: Path) -> None:
+    assert roles.service_env(tmp_path, "aggregator") == {}  # no stack here: no account yet
+    passwords = roles.local_service_passwords(tmp_path)
+    assert set(passwords) == set(roles.SERVICE_ACCOUNTS.values())
+    path = roles.service_passwords_file(tmp_path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert roles.service_env(tmp_path, "aggregator") == {
+        "TRUSTLOG_CH_USER": "trustlog_aggregator",
+        "TRUSTLOG_CH_PASSWORD": passwords["trustlog_aggregator"],
+    }
+    assert roles.service_env(tmp_path, "alerts")["TRUSTLOG_CH_USER"] == "trustlog_alerts"
+    assert roles.service_env(tmp_path, "ingest") == {}
+    assert roles.service_env(tmp_path, "redactor") == {}
+    hashes = roles.service_password_hashes(tmp_path, {"alerts": "given", "aggregator": None})
+    assert hashes == {
+        "trustlog_aggregator": clickhouse.sha256_hex(passwords["trustlog_aggregator"]),
+        "trustlog_alerts": clickhouse.sha256_hex("given"),
+    }
+    assert roles.local_service_passwords(tmp_path) == passwords  # generated once
 
 
 def test_config_hash_and_networks_reach_both_outputs() -> None:
@@ -355,10 +444,10 @@ def test_stack_users_xml_holds_hashes_never_passwords(tmp_path: Path) -> None:
     text = roles.stack_users_xml(tmp_path, "admin-secret", roles_file=roles_file, database=DB)
     config = roles.load_roles(roles_file)
     users = _from_users_xml(text)
-    assert set(users) == {a.name for a in config.accounts}
+    assert set(users) == {a.name for a in config.accounts} | set(roles.SERVICE_ACCOUNTS.values())
     passwords = roles.load_or_create_passwords(
         roles.passwords_file(tmp_path), [a.name for a in config.accounts]
-    )
+    ) | roles.local_service_passwords(tmp_path)
     for name, password in passwords.items():
         assert password not in text
         assert users[name]["hash"] == clickhouse.sha256_hex(password)

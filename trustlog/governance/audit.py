@@ -20,7 +20,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from trustlog.governance.cases import Case, CaseStore, active_case_ids, describe_scope
-from trustlog.governance.roles import DETAIL_TABLE, RolesConfig
+from trustlog.governance.roles import (
+    AGGREGATOR_EVENT_COLUMNS,
+    DETAIL_TABLE,
+    SERVICE_ACCOUNTS,
+    SERVICE_ROLE,
+    RolesConfig,
+)
 from trustlog.stack.clickhouse import ADMIN_USER
 
 DETAIL_OBJECTS = (DETAIL_TABLE, "security_events", "employee_events", "held_events")
@@ -194,8 +200,8 @@ def collect_reads(
     return len(reads)
 
 
-def server_detail_holders(client: Any, database: str) -> dict[str, str]:
-    """Accounts the server itself lets read detail, with how (grant as the server has it)."""
+def _detail_grants(client: Any, database: str) -> list[tuple[str, str, str, str, str | None]]:
+    """(account, access, database, table, column) of every grant that reads detail."""
     res = client.query(
         "SELECT coalesce(g.user_name, rg.user_name) AS account, g.access_type, g.database, "
         "g.table, g.column "
@@ -207,11 +213,41 @@ def server_detail_holders(client: Any, database: str) -> dict[str, str]:
         "AND account != ''",
         parameters={"db": database, "objs": list(DETAIL_OBJECTS)},
     )
+    return [
+        (str(a), str(access), db or "*", table or "*", None if col is None else str(col))
+        for a, access, db, table, col in res.result_rows
+    ]
+
+
+def server_detail_holders(client: Any, database: str) -> dict[str, str]:
+    """Accounts the server itself lets read detail, with how (grant as the server has it)."""
     holders: dict[str, list[str]] = {}
-    for account, access, db, table, column in res.result_rows:
-        target = f"{db or '*'}.{table or '*'}" + ("(columns)" if column else "")
-        holders.setdefault(str(account), []).append(f"{access} ON {target}")
+    for account, access, db, table, column in _detail_grants(client, database):
+        target = f"{db}.{table}" + ("(columns)" if column else "")
+        holders.setdefault(account, []).append(f"{access} ON {target}")
     return {a: ", ".join(sorted(set(v))) for a, v in holders.items()}
+
+
+def server_detail_columns(client: Any, database: str) -> dict[str, frozenset[str] | None]:
+    """Per account holding detail access: the ``table.column`` it may read, or None when a
+    grant covers whole tables (every column). Tells bookkeeping-only accounts apart."""
+    out: dict[str, frozenset[str] | None] = {}
+    for account, _, _, table, column in _detail_grants(client, database):
+        if column is None or table == "*":
+            out[account] = None
+        elif account not in out or out[account] is not None:
+            out[account] = (out.get(account) or frozenset()) | {f"{table}.{column}"}
+    return out
+
+
+BOOKKEEPING_COLUMNS = frozenset(f"{DETAIL_TABLE}.{c}" for c in AGGREGATOR_EVENT_COLUMNS)
+_SERVICE_OF = {name: service for service, name in SERVICE_ACCOUNTS.items()}
+
+
+def bookkeeping_only(columns: frozenset[str] | None) -> bool:
+    """Can an account with these detail columns (server_detail_columns) see no person, team,
+    tool or content class in `events`, only where rows came from and when?"""
+    return columns is not None and columns <= BOOKKEEPING_COLUMNS
 
 
 # --------------------------------------------------------------------------- review (pure)
@@ -220,7 +256,7 @@ def server_detail_holders(client: Any, database: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Holder:
     account: str
-    role: str  # finance | manager | security | employee | admin | unknown
+    role: str  # finance | manager | security | employee | service | admin | unknown
     title: str
     access: str
     in_config: bool
@@ -250,6 +286,9 @@ class AccessReview:
     other_detail_reads: dict[str, int]
     refused: list[Read]
     findings: list[str] = field(default_factory=list)
+    # Reads of `events` by service accounts that can read bookkeeping columns only (per the
+    # server's grants when the review ran): where rows came from and when, never who or what.
+    bookkeeping_reads: dict[str, int] = field(default_factory=dict)
 
 
 def build_review(
@@ -261,16 +300,27 @@ def build_review(
     cases: Sequence[Case],
     reads: Sequence[Read],
     now: datetime,
+    server_columns: Mapping[str, frozenset[str] | None] | None = None,
 ) -> AccessReview:
     """The access review of ``month`` from already loaded facts (no I/O).
 
     ``reads`` must cover from 30 days before the month's end (or now) to that point, so that
     "unused for 30 days" can be judged; only reads inside the month are listed.
+    ``server_columns`` (server_detail_columns) shows which service accounts are limited to
+    bookkeeping columns; without it every service read of detail counts as a detail read.
     """
+    server_columns = server_columns or {}
+    bookkeeping = {
+        a for a in _SERVICE_OF if a in server_columns and bookkeeping_only(server_columns[a])
+    }
     start, end = month_bounds(month)
     as_of = min(end, now)
     in_month = [r for r in reads if start <= r.event_time < end]
-    detail_reads = [r for r in reads if not r.refused and r.touches_detail(database)]
+    detail_reads = [
+        r
+        for r in reads
+        if not r.refused and r.account not in bookkeeping and r.touches_detail(database)
+    ]
     last_read: dict[str, datetime] = {}
     for r in detail_reads:
         if r.event_time < as_of and (
@@ -320,19 +370,31 @@ def build_review(
         configured = config.get(account)
         if configured is not None:
             role = configured.role
+        service = _SERVICE_OF.get(account)
+        if service is not None:
+            role = SERVICE_ROLE
+            if account in bookkeeping:
+                how = f"bookkeeping columns of {DETAIL_TABLE} only (no person, team or tool)"
         holders.append(
             Holder(
                 account=account,
                 role=role,
-                title="",
+                title=f"the {service} service" if service else "",
                 access=how,
-                in_config=configured is not None,
+                # services are defined in code (trustlog.governance.roles), not roles.yaml
+                in_config=configured is not None or service is not None,
                 on_server=True,
                 last_detail_read=last_read.get(account),
                 unused=False,
             )
         )
-        if role != "admin":
+        if service is not None:
+            if account not in bookkeeping:
+                findings.append(
+                    f"{account} (the {service} service) can read detail on the server ({how}); "
+                    f"it needs only {', '.join(AGGREGATOR_EVENT_COLUMNS)}: revoke the rest"
+                )
+        elif role != "admin":
             findings.append(
                 f"{account} can read detail on the server ({how}) but is not a security or "
                 "employee account in the config: revoke it"
@@ -383,7 +445,12 @@ def build_review(
     other = Counter(
         r.account
         for r in in_month
-        if not r.refused and r.account not in sec | emp and r.touches_detail(database)
+        if not r.refused and r.account not in sec | emp | bookkeeping and r.touches_detail(database)
+    )
+    books = Counter(
+        r.account
+        for r in in_month
+        if not r.refused and r.account in bookkeeping and r.touches_detail(database)
     )
     refused = [r for r in in_month if r.refused]
     return AccessReview(
@@ -398,6 +465,7 @@ def build_review(
         other_detail_reads=dict(other),
         refused=refused,
         findings=findings,
+        bookkeeping_reads=dict(books),
     )
 
 
@@ -420,4 +488,5 @@ def access_review(
         cases=cases,
         reads=reads,
         now=now,
+        server_columns=server_detail_columns(client, database),
     )

@@ -150,13 +150,19 @@ def roles_show(state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
     s = _settings(state_dir)
     config = _config(s)
     specs = roles.access_specs(config, s.ch_database)
+    services = roles.service_access_specs(s.ch_database)
     if as_json:
-        print(json.dumps([_jsonable(sp) for sp in specs]))
+        print(json.dumps([_jsonable(sp) for sp in (*specs, *services)]))
         return
     table = Table("account", "role", "who", "reads", "rows")
     for acc in config.accounts:
         reads, limited = roles.describe_access(acc)
         table.add_row(acc.name, acc.role, acc.title, reads, limited)
+    for service, name in roles.SERVICE_ACCOUNTS.items():
+        grants = "; ".join(
+            g.removeprefix("GRANT ") for g in roles.service_grants(service, s.ch_database)
+        )
+        table.add_row(name, roles.SERVICE_ROLE, f"the {service} service", grants, "all")
     console.print(table)
     console.print(
         f"min group size for managers: {config.min_group_size}; cases: at most "
@@ -169,7 +175,8 @@ def roles_sql(
     state_dir: StateOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file (0600)")] = None,
 ) -> None:
-    """SQL that creates the same accounts on a production server (CREATE USER, GRANT, ...)."""
+    """SQL that creates the same accounts on a production server (CREATE USER, GRANT, ...),
+    the services' own accounts (trustlog_aggregator, trustlog_alerts) included."""
     s = _settings(state_dir)
     config = _config(s)
     generated = [a.name for a in config.accounts if not a.password_sha256_hex]
@@ -180,7 +187,24 @@ def roles_sql(
             "using the passwords generated in this state dir",
             file=sys.stderr,
         )
-    text = "".join(f"{stmt};\n" for stmt in roles.render_sql(config, s.ch_database, hashes))
+    given = s.service_passwords()
+    if not all(given.values()):
+        print(
+            "note: service accounts without TRUSTLOG_<SERVICE>_CH_PASSWORD use the passwords "
+            "generated in this state dir",
+            file=sys.stderr,
+        )
+    try:
+        stmts = roles.render_sql(
+            config,
+            s.ch_database,
+            hashes,
+            service_hashes=roles.service_password_hashes(default_state_dir(), given),
+            service_networks=s.service_networks,
+        )
+    except roles.RolesError as exc:
+        raise _fail(str(exc), 2) from None
+    text = "".join(f"{stmt};\n" for stmt in stmts)
     if out is None:
         print(text, end="")
         return
@@ -207,12 +231,17 @@ def roles_sync(state_dir: StateOpt = None) -> None:
 
 @roles_app.command("password")
 def roles_password(
-    account: Annotated[str, typer.Argument(help="An account without password_sha256_hex")],
+    account: Annotated[
+        str, typer.Argument(help="An account without password_sha256_hex, or a service account")
+    ],
     state_dir: StateOpt = None,
 ) -> None:
     """Print the password generated for a local account (kept in the state dir, 0600)."""
     s = _settings(state_dir)
     config = _config(s)
+    if account in roles.SERVICE_ACCOUNTS.values():
+        print(roles.local_service_passwords(default_state_dir())[account])
+        return
     acc = config.get(account)
     if acc is None:
         raise _fail(f"no account {account!r} in {s.roles_file}", 2)
@@ -608,9 +637,14 @@ def _print_review(review: audit.AccessReview) -> None:
             "Employees reading their own records: "
             + ", ".join(f"{a} ({n})" for a, n in sorted(review.own_reads.items()))
         )
+    if review.bookkeeping_reads:
+        console.print(
+            "Bookkeeping reads of events by services (no detail columns): "
+            + ", ".join(f"{a} ({n})" for a, n in sorted(review.bookkeeping_reads.items()))
+        )
     if review.other_detail_reads:
         console.print(
-            "Detail read by accounts outside the roles (admin, services): "
+            "Detail read by accounts outside the roles (admin, `trustlog sql`): "
             + ", ".join(f"{a} ({n})" for a, n in sorted(review.other_detail_reads.items()))
         )
     refused = Counter(r.account for r in review.refused)

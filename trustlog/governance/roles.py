@@ -100,7 +100,12 @@ ANNOTATIONS_VIEW = "contest_annotations"
 MAX_SECURITY_ACCOUNTS = 5
 MIN_GROUP_SIZE_FLOOR = 3  # also the floor inside manager_team_weekly
 MAX_CASE_DAYS_CEILING = 30
-RESERVED_NAMES = frozenset({"default", ADMIN_USER})
+# Service accounts (below) are not in roles.yaml; their names are taken.
+SERVICE_ACCOUNTS: Mapping[str, str] = {
+    "aggregator": "trustlog_aggregator",
+    "alerts": "trustlog_alerts",
+}
+RESERVED_NAMES = frozenset({"default", ADMIN_USER, *SERVICE_ACCOUNTS.values()})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -398,6 +403,144 @@ def describe_access(account: Account, reg: Registry | None = None) -> tuple[str,
     return ", ".join(reads), rows
 
 
+# --------------------------------------------------------------------------- service accounts
+
+# The only columns of `events` the aggregator reads: where each stored row came from in Kafka
+# (resume after a crash), its event id and times (retry dedup, partition pruning). No person,
+# team, tool or content class: its reads of `events` are bookkeeping, not detail.
+AGGREGATOR_EVENT_COLUMNS = (
+    "event_id", "event_time", "ingested_at", "kafka_topic", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+SERVICE_ROLE = "service"
+# Service accounts keep the server's default profile: the aggregator sets insert settings
+# (deduplication token, block sizes, query id) on every insert, which readonly forbids. What
+# they may touch is limited by their grants alone.
+SERVICE_PROFILE = "default"
+
+
+def service_grants(service: str, database: str) -> tuple[str, ...]:
+    """Exactly what each service does in ClickHouse; migrations and TTLs stay with the admin."""
+    if not _NAME.match(database):
+        raise RolesError(f"invalid database name {database!r}")
+    db = database
+    if service == "aggregator":
+        return (
+            f"GRANT INSERT ON {db}.{DETAIL_TABLE}",
+            f"GRANT SELECT({', '.join(AGGREGATOR_EVENT_COLUMNS)}) ON {db}.{DETAIL_TABLE}",
+            # warm start of the spike baselines and budgets (no pseudonyms in the rollup)
+            f"GRANT SELECT ON {db}.spend_hourly",
+            # credits mirror the price overrides file (sync_credits)
+            f"GRANT SELECT, INSERT ON {db}.credits",
+            # wait_for_running_inserts: a killed predecessor's insert, found by its query id
+            "GRANT SELECT(query_id) ON system.processes",
+        )
+    if service == "alerts":
+        tables = ("incidents", "incident_history", "incident_commands")
+        return (
+            *(f"GRANT SELECT, INSERT ON {db}.{t}" for t in tables),
+            # the unapproved-tool check reads tool usage per team and hour
+            f"GRANT SELECT ON {db}.spend_hourly",
+        )
+    raise RolesError(f"no service account for {service!r}")
+
+
+def service_access_specs(database: str) -> list[AccessSpec]:
+    return [
+        AccessSpec(name, SERVICE_ROLE, service_grants(service, database), {})
+        for service, name in SERVICE_ACCOUNTS.items()
+    ]
+
+
+def _check_networks(networks: Sequence[str]) -> None:
+    if not networks:
+        raise RolesError("service accounts need at least one network")
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise RolesError(f"service network {net!r} is not an IP address or CIDR") from None
+
+
+def service_passwords_file(state_dir: Path) -> Path:
+    return state_dir / "governance" / "service_passwords.json"
+
+
+def local_service_passwords(state_dir: Path) -> dict[str, str]:
+    """Service account -> password, generated once into the state dir (mode 0600).
+
+    A file of its own: ``load_or_create_passwords`` prunes names it is not asked for, and
+    role-account callers only know the roles.
+    """
+    return load_or_create_passwords(
+        service_passwords_file(state_dir), list(SERVICE_ACCOUNTS.values())
+    )
+
+
+def service_password_hashes(
+    state_dir: Path, given: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """sha256 per service account: of the password in ``given`` (service -> password, e.g.
+    from TRUSTLOG_AGGREGATOR_CH_PASSWORD) where set, else of the state dir's generated one."""
+    given = given or {}
+    out: dict[str, str] = {}
+    local: dict[str, str] | None = None
+    for service, name in SERVICE_ACCOUNTS.items():
+        password = given.get(service)
+        if not password:
+            local = local if local is not None else local_service_passwords(state_dir)
+            password = local[name]
+        out[name] = sha256_hex(password)
+    return out
+
+
+def service_env(state_dir: Path, service: str) -> dict[str, str]:
+    """TRUSTLOG_CH_USER/PASSWORD of ``service``'s own account for the local stack; empty for
+    a service without one (ingest and redactor never talk to ClickHouse) or a state dir whose
+    stack has not generated the accounts (no server would know the password)."""
+    name = SERVICE_ACCOUNTS.get(service)
+    path = service_passwords_file(state_dir)
+    if name is None or not path.exists():
+        return {}
+    password = load_or_create_passwords(path, list(SERVICE_ACCOUNTS.values()))[name]
+    return {"TRUSTLOG_CH_USER": name, "TRUSTLOG_CH_PASSWORD": password}
+
+
+def service_users_xml(
+    database: str,
+    password_hashes: Mapping[str, str],
+    networks: Sequence[str] = LOOPBACK_NETWORKS,
+) -> list[UserDef]:
+    return [
+        UserDef(
+            name=spec.account,
+            password_sha256_hex=password_hashes[spec.account],
+            grants=spec.grants,
+            networks=tuple(networks),
+            profile=SERVICE_PROFILE,
+        )
+        for spec in service_access_specs(database)
+    ]
+
+
+def service_sql(
+    database: str,
+    password_hashes: Mapping[str, str],
+    networks: Sequence[str] = LOOPBACK_NETWORKS,
+) -> list[str]:
+    """The service accounts as SQL (in render_sql's output; alone for `migrate
+    --service-accounts`). Re-runnable: OR REPLACE drops the old user with its grants."""
+    _check_networks(networks)
+    stmts: list[str] = []
+    for spec in service_access_specs(database):
+        stmts.append(
+            f"CREATE USER OR REPLACE {spec.account} IDENTIFIED WITH sha256_hash BY "
+            f"{sql_string(password_hashes[spec.account])} {_host_clause(networks)} "
+            f"SETTINGS PROFILE {sql_string(SERVICE_PROFILE)}"
+        )
+        stmts += [f"{g} TO {spec.account}" for g in spec.grants]
+    return stmts
+
+
 # --------------------------------------------------------------------------- renderers
 
 
@@ -452,8 +595,13 @@ def render_sql(
     database: str,
     password_hashes: Mapping[str, str],
     reg: Registry | None = None,
+    *,
+    service_hashes: Mapping[str, str] | None = None,
+    service_networks: Sequence[str] = LOOPBACK_NETWORKS,
 ) -> list[str]:
     """The same accounts as SQL for a server with writable access storage (production).
+
+    With ``service_hashes`` (account -> sha256) the service accounts come too (service_sql).
 
     Re-runnable: users and policies are created OR REPLACE, so applying it again after a
     config change leaves exactly what the config says for these accounts. An account removed
@@ -471,6 +619,8 @@ def render_sql(
             f"SETTINGS PROFILE {sql_string(READER_PROFILE)}"
         )
         stmts += [f"{g} TO {account.name}" for g in spec.grants]
+    if service_hashes is not None:
+        stmts += service_sql(database, service_hashes, service_networks)
     filtered: dict[str, list[str]] = {}
     for spec in specs:
         for target, expr in spec.row_filters.items():
@@ -541,7 +691,8 @@ def stack_users_xml(
     roles_file: Path | None = None,
     database: str | None = None,
 ) -> str:
-    """The local server's complete users.xml: locked-down default, admin, role accounts."""
+    """The local server's complete users.xml: locked-down default, admin, service and role
+    accounts. Service accounts are loopback-only here: the local services run on this host."""
     from trustlog.settings import GovernanceSettings
 
     if roles_file is None or database is None:
@@ -550,7 +701,11 @@ def stack_users_xml(
         database = database or s.ch_database
     config = load_roles(roles_file)
     hashes = local_password_hashes(config, state_dir)
-    users = [admin_user(admin_password), *users_xml_users(config, database, hashes)]
+    users = [
+        admin_user(admin_password),
+        *service_users_xml(database, service_password_hashes(state_dir)),
+        *users_xml_users(config, database, hashes),
+    ]
     return render_users_xml(users, users_xml_profiles())
 
 
