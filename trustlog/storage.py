@@ -10,20 +10,25 @@ from clickhouse_connect.driver.client import Client
 from trustlog.settings import ClickHouseSettings
 
 
-def admin_client(settings: ClickHouseSettings | None = None, **kw: Any) -> Client:
-    """A client logged in as TRUSTLOG_CH_USER: the admin for migrations and the CLI, the
-    service's own account inside the aggregator and alerts (`trustlog up` sets it)."""
-    s = settings or ClickHouseSettings()
+def client_as(s: ClickHouseSettings, username: str, password: str, **kw: Any) -> Client:
+    """A client of the server ``s`` points at, logged in as ``username``."""
     return clickhouse_connect.get_client(
         host=s.ch_host,
         port=s.ch_port,
-        username=s.ch_user,
-        password=s.ch_password.get_secret_value(),
+        username=username,
+        password=password,
         secure=s.ch_secure,
         connect_timeout=10,
         send_receive_timeout=120,
         **kw,
     )
+
+
+def admin_client(settings: ClickHouseSettings | None = None, **kw: Any) -> Client:
+    """A client logged in as TRUSTLOG_CH_USER: the admin for migrations and the CLI, the
+    service's own account inside the aggregator and alerts (`trustlog up` sets it)."""
+    s = settings or ClickHouseSettings()
+    return client_as(s, s.ch_user, s.ch_password.get_secret_value(), **kw)
 
 
 def migrate_all(client: Client, settings: ClickHouseSettings | None = None) -> list[str]:

@@ -318,6 +318,47 @@ def _aware(value: Any) -> Any:
     return value
 
 
+_NOTIFICATION_COLUMNS = [
+    "notification_id",
+    "case_id",
+    "contest_id",
+    "kind",
+    "recipient_kind",
+    "recipient",
+    "message",
+    "created_at",
+    "version",
+]
+
+
+def insert_notification(
+    client: Any,
+    database: str,
+    *,
+    notification_id: str,
+    kind: str,
+    recipient_kind: str,
+    recipient: str,
+    message: str,
+    created_at: datetime,
+    case_id: str = "",
+    contest_id: str = "",
+) -> None:
+    """One notice for a delivery channel to send (cases and contests write the same table)."""
+    row = [
+        notification_id,
+        case_id,
+        contest_id,
+        kind,
+        recipient_kind,
+        recipient,
+        message,
+        created_at,
+        time.time_ns(),
+    ]
+    client.insert(f"{database}.notifications", [row], column_names=_NOTIFICATION_COLUMNS)
+
+
 class CaseStore:
     """Cases and notices in ClickHouse (admin client): one row per case version."""
 
@@ -331,18 +372,17 @@ class CaseStore:
         self.client.insert(f"{self.db}.cases", [row], column_names=_CASE_COLUMNS)
 
     def notify(self, note: Notification) -> None:
-        cols = [
-            "notification_id",
-            "case_id",
-            "kind",
-            "recipient_kind",
-            "recipient",
-            "message",
-            "created_at",
-            "version",
-        ]
-        row = [getattr(note, c) for c in cols[:-1]] + [time.time_ns()]
-        self.client.insert(f"{self.db}.notifications", [row], column_names=cols)
+        insert_notification(
+            self.client,
+            self.db,
+            notification_id=note.notification_id,
+            kind=note.kind,
+            recipient_kind=note.recipient_kind,
+            recipient=note.recipient,
+            message=note.message,
+            created_at=note.created_at,
+            case_id=note.case_id,
+        )
 
     def _select(self, where: str, parameters: dict[str, Any], limit: int = 1000) -> list[Case]:
         res = self.client.query(

@@ -108,17 +108,10 @@ def authenticate(s: GovernanceSettings, account: str, password: str) -> Any:
     Returns that login's client: reads made with it are the account's own, under its grants
     and row policies (how `trustlog contest` lets the database decide what is an employee's).
     """
-    import clickhouse_connect
+    from trustlog.storage import client_as
 
     try:
-        client = clickhouse_connect.get_client(
-            host=s.ch_host,
-            port=s.ch_port,
-            username=account,
-            password=password,
-            secure=s.ch_secure,
-            connect_timeout=10,
-        )
+        client = client_as(s, account, password)
         who = str(client.command("SELECT currentUser()")).strip()
     except Exception:
         raise _fail(

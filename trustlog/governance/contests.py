@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from trustlog.governance.cases import PSEUDONYM_RE
+from trustlog.governance.cases import PSEUDONYM_RE, insert_notification
 from trustlog.governance.roles import RolesConfig
 
 Kind = Literal["not_me", "shared_account", "automation_misfired", "other"]
@@ -367,29 +367,17 @@ class ContestStore:
         self.client.insert(f"{self.db}.contests", [row], column_names=_COLUMNS)
 
     def notify(self, notice: ContestNotice) -> None:
-        cols = [
-            "notification_id",
-            "case_id",
-            "contest_id",
-            "kind",
-            "recipient_kind",
-            "recipient",
-            "message",
-            "created_at",
-            "version",
-        ]
-        row = [
-            notice.notification_id,
-            "",
-            notice.contest_id,
-            notice.kind,
-            notice.recipient_kind,
-            notice.recipient,
-            notice.message,
-            notice.created_at,
-            time.time_ns(),
-        ]
-        self.client.insert(f"{self.db}.notifications", [row], column_names=cols)
+        insert_notification(
+            self.client,
+            self.db,
+            notification_id=notice.notification_id,
+            kind=notice.kind,
+            recipient_kind=notice.recipient_kind,
+            recipient=notice.recipient,
+            message=notice.message,
+            created_at=notice.created_at,
+            contest_id=notice.contest_id,
+        )
 
     def _latest(self, where: str, parameters: dict[str, Any], limit: int) -> list[Contest]:
         res = self.client.query(

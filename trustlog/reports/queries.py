@@ -13,7 +13,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from trustlog.governance import roles
@@ -32,6 +31,7 @@ from trustlog.reports.model import (
     next_month,
 )
 from trustlog.settings import GovernanceSettings
+from trustlog.storage import client_as
 
 
 class ReportError(RuntimeError):
@@ -54,15 +54,7 @@ def account_password(state_dir: Path, config: roles.RolesConfig, account: str) -
 
 def account_client(s: GovernanceSettings, account: str, password: str) -> Client:
     try:
-        client = clickhouse_connect.get_client(
-            host=s.ch_host,
-            port=s.ch_port,
-            username=account,
-            password=password,
-            secure=s.ch_secure,
-            connect_timeout=10,
-            send_receive_timeout=120,
-        )
+        client = client_as(s, account, password)
     except Exception as exc:
         raise ReportError(
             f"cannot log in to ClickHouse at {s.ch_host}:{s.ch_port} as {account!r}: "
