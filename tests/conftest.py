@@ -16,7 +16,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     state = Path(os.environ.get("TRUSTLOG_TEST_STATE_DIR") or tmp_path_factory.mktemp("stack"))
     os.environ["TRUSTLOG_STATE_DIR"] = str(state)
-    info = manager.up(state)
+    try:
+        info = manager.up(state)
+    except BaseException:
+        manager.down(state)  # a half-started stack (e.g. Kafka's port taken) must not linger
+        raise
     from trustlog.storage import admin_client, migrate_all
 
     migrate_all(admin_client())
