@@ -17,7 +17,7 @@ from rich.table import Table
 from services.alerts.cli import incidents_app
 from trustlog import procs
 from trustlog.governance.cli import audit_app, case_app, hold_app, roles_app
-from trustlog.governance.contest_cli import contest_app
+from trustlog.governance.contest_cli import contest_app, notices_command
 from trustlog.reports.cli import policy_app, report_app
 from trustlog.settings import default_state_dir, local_env_file
 
@@ -29,6 +29,8 @@ app.add_typer(roles_app, name="roles")
 app.add_typer(case_app, name="case")
 app.add_typer(audit_app, name="audit")
 app.add_typer(contest_app, name="contest")
+# Employees read the notices of cases and contests that concern them (as themselves).
+app.command("notices")(notices_command)
 app.add_typer(policy_app, name="policy")
 app.add_typer(report_app, name="report")
 app.add_typer(hold_app, name="hold")

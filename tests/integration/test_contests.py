@@ -22,6 +22,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from typer.testing import CliRunner
 
 from services.redactor.identity import pseudonym
+from trustlog.cli import app as trustlog_app
 from trustlog.governance import contests, roles
 from trustlog.governance.contest_cli import contest_app
 from trustlog.settings import GovernanceSettings, default_state_dir
@@ -230,6 +231,21 @@ def test_contest_lifecycle_through_the_cli(env: Env) -> None:
     [notice] = store.notices(cid)
     assert (notice.recipient_kind, notice.recipient) == ("pseudonym", env.emp_pseudonym)
     assert "upheld" in notice.message and "no longer counts as your own use" in notice.message
+    # ... which the person reads themselves, as themselves (row policy on `notifications`).
+    read = CliRunner().invoke(
+        trustlog_app, ["notices", "--account", EMP, "--json"],
+        env={"TRUSTLOG_ACCOUNT_PASSWORD": env.passwords[EMP]},
+    )  # fmt: skip
+    assert read.exit_code == 0, read.output
+    decided = {n["contest_id"]: n for n in json.loads(read.output) if n["contest_id"]}
+    assert decided[cid]["label"] == "contest decided" and decided[cid]["addressed_to"] == "you"
+    assert decided[incident["contest_id"]]["message"].startswith("Your contest")
+    assert (
+        CliRunner()
+        .invoke(trustlog_app, ["notices", "--account", FIN], env={"TRUSTLOG_ACCOUNT_PASSWORD": "x"})
+        .exit_code
+        == 1
+    )
 
 
 def test_who_can_read_contests(env: Env) -> None:

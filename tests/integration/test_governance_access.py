@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 
 from services.redactor.identity import pseudonym
 from trustlog import migrate
-from trustlog.governance import audit, cases, roles
+from trustlog.cli import app as trustlog_app
+from trustlog.governance import audit, cases, contests, notices, roles
 from trustlog.governance.cli import audit_app, case_app
 from trustlog.stack import clickhouse, manager
 
@@ -254,11 +255,14 @@ LEAKY_SYSTEM_TABLES = (
     "system.settings_profile_elements", "system.quotas", "system.parts",
     "system.user_directories", "system.mutations",
 )  # fmt: skip
-ADMIN_ONLY_TABLES = ("cases", "notifications", "employee_pseudonyms", "read_audit",
+ADMIN_ONLY_TABLES = ("cases", "employee_pseudonyms", "read_audit",
                      "governance_settings", "schema_migrations")  # fmt: skip
 
 
 def _common_refusals(client: Client) -> None:
+    # Notices are for the employees they concern (test_employees_read_their_own_notices).
+    if str(client.command("SELECT currentUser()")) not in ("emp_x", "emp_y"):
+        assert_denied(client, f"SELECT * FROM {DB}.notifications LIMIT 1")
     for table in LEAKY_SYSTEM_TABLES:
         assert_denied(client, f"SELECT * FROM {table} LIMIT 1")
     for table in ADMIN_ONLY_TABLES:
@@ -496,6 +500,135 @@ def test_legal_hold_records_no_notice(gov: Gov) -> None:
     cases.close_case(store, gov.config, case.case_id, "sec_3", "escalated")
     assert store.notifications(case.case_id) == []
     assert store.get(case.case_id).legal_hold_reason.startswith("Litigation hold")
+
+
+# --------------------------------------------------------------------------- notices
+
+
+def _notice_ids(client: Client) -> dict[str, list[str]]:
+    """case or contest id -> kinds of the notices this login can read about it."""
+    got: dict[str, list[str]] = {}
+    for case_id, contest_id, kind in rows(
+        client,
+        f"SELECT case_id, contest_id, kind FROM {DB}.notifications FINAL ORDER BY created_at",
+    ):
+        got.setdefault(case_id or contest_id, []).append(kind)
+    return got
+
+
+def test_employees_read_their_own_notices(gov: Gov) -> None:
+    """Who reads which notice is decided by the row policy on `notifications`: the person a
+    pseudonym case names (under any key version), the employees with own records in a team
+    or tool case's scope and period, the person who contested; nobody else."""
+    store = gov.store()
+    kw: dict[str, Any] = {
+        "expires_in": timedelta(hours=1),
+        "period_start": gov.now - timedelta(days=1),
+    }
+
+    def case(reader: str, approver: str, kind: str, value: str, **more: Any) -> cases.Case:
+        return _open_and_approve(
+            gov, reader=reader, approver=approver, scope_kind=kind, scope_value=value,
+            reason=f"Notice test: looking at {kind} {value}", **{**kw, **more},
+        )  # fmt: skip
+
+    # emp_x under the old key: the notice still reaches them (my_pseudonyms has both).
+    mine = case("sec_1", "sec_2", "pseudonym", p(EMP_X_ID, "1"))
+    target = case("sec_1", "sec_3", "pseudonym", p("target"))
+    # emp_x has team A chat rows an hour ago: inside this period, outside the next one.
+    team_a = case("sec_2", "sec_1", "team", TEAM_A)
+    team_a_old = case("sec_2", "sec_3", "team", TEAM_A, period_start=gov.now - timedelta(days=5),
+                      period_end=gov.now - timedelta(days=3))  # fmt: skip
+    team_b = case("sec_3", "sec_1", "team", TEAM_B)
+    chat = case("sec_3", "sec_2", "tool", "chat")
+    search = case("sec_1", "sec_2", "tool", "search")
+    held = case("sec_2", "sec_3", "pseudonym", p(EMP_X_ID),
+                legal_hold_reason="Litigation hold LH-21: no notice allowed")  # fmt: skip
+    # Every reader uses their cases, then all are closed: the access review later in this
+    # module flags closed cases never used and stamps each read with the open cases.
+    for reader in ("sec_1", "sec_2", "sec_3"):
+        rows(gov.login(reader), f"SELECT count() FROM {DB}.events")
+    cases.close_case(store, gov.config, mine.case_id, "sec_1", "no_finding", "nothing found")
+    for other in (target, team_a, team_a_old, team_b, chat, search, held):
+        cases.close_case(store, gov.config, other.case_id, other.reader, "no_finding")
+    # A notice written before 0008 has no period: team membership by any kept record.
+    legacy = "legacy-" + uuid.uuid4().hex
+    cases.insert_notification(
+        gov.admin(), DB, notification_id=str(uuid.uuid4()), kind="case_opened",
+        recipient_kind="team", recipient=TEAM_A, message="old notice", created_at=gov.now,
+        case_id=legacy,
+    )  # fmt: skip
+    # A contest decided by the security group: the notice goes to the person who contested.
+    emp_x = gov.login("emp_x")
+    [(own_event,)] = rows(emp_x, f"SELECT event_id FROM {DB}.employee_events "
+                                 "ORDER BY event_time DESC LIMIT 1")  # fmt: skip
+    record = contests.find_own_record(emp_x, DB, own_event)
+    assert record is not None
+    cstore = contests.ContestStore(gov.admin(), DB)
+    contest = contests.open_contest(cstore, record, "not_me", "I was not at my desk")
+    contests.resolve_contest(cstore, gov.config, contest.contest_id, "sec_3", "upheld")
+
+    x = _notice_ids(emp_x)
+    assert x[mine.case_id] == ["case_opened", "case_closed"]
+    assert x[team_a.case_id] == x[chat.case_id] == ["case_opened", "case_closed"]
+    assert x[legacy] == ["case_opened"] and x[contest.contest_id] == ["contest_resolved"]
+    for other in (target, team_a_old, team_b, search, held):
+        assert other.case_id not in x, other.scope_value
+    # Someone else's pseudonym case, probed with an error: the rows are not there to probe.
+    assert rows(emp_x, f"SELECT count() FROM {DB}.notifications "
+                       f"WHERE throwIf(case_id = '{target.case_id}', 'oracle')") == [(0,)]  # fmt: skip
+    # emp_y has no records: no team or tool notice, nobody else's pseudonym notice.
+    assert _notice_ids(gov.login("emp_y")) == {}
+    # The legal-hold case wrote no notice at all, for anyone.
+    assert store.notifications(held.case_id) == []
+    for account in ("fin_t", "mgr_a", "sec_1"):
+        assert_denied(gov.login(account), f"SELECT count() FROM {DB}.notifications")
+
+    # The employee's command: newest first, read as the employee.
+    found = notices.own_notices(emp_x, DB)
+    assert [n.created_at for n in found] == sorted((n.created_at for n in found), reverse=True)
+    about_mine = [n for n in found if n.case_id == mine.case_id]
+    assert [(n.label, n.addressed_to) for n in about_mine] == [
+        ("case closed", "you"), ("case opened", "you")
+    ]  # fmt: skip
+    assert {n.addressed_to for n in found if n.case_id == team_a.case_id} == {f"team {TEAM_A}"}
+
+
+def test_cli_notices_as_the_employee(gov: Gov, monkeypatch: pytest.MonkeyPatch) -> None:
+    roles_file = gov.dir / "roles.yaml"
+    roles_file.write_text(yaml.safe_dump(roles_yaml()))
+    for k, v in _cli_env(gov, roles_file).items():
+        monkeypatch.setenv(k, v)
+    case = _open_and_approve(
+        gov, reader="sec_1", approver="sec_2", reason="CLI notice test on emp_x's records",
+        scope_kind="pseudonym", scope_value=p(EMP_X_ID), period_start=gov.now - timedelta(days=1),
+        expires_in=timedelta(hours=1),
+    )  # fmt: skip
+    runner = CliRunner()
+
+    def run(account: str, *args: str, password: str | None = None) -> Any:
+        env = {"TRUSTLOG_ACCOUNT_PASSWORD": password or gov.passwords[account]}
+        return runner.invoke(trustlog_app, ["notices", "--account", account, *args], env=env)
+
+    got = run("emp_x", "--json")
+    assert got.exit_code == 0, got.output
+    listed = json.loads(got.output)
+    assert listed[0]["case_id"] == case.case_id  # the newest first
+    assert listed[0]["label"] == "case opened" and listed[0]["addressed_to"] == "you"
+    assert "CLI notice test" in listed[0]["message"]
+    plain = run("emp_x")
+    assert plain.exit_code == 0 and "case opened" in plain.output and "notice(s)" in plain.output
+    other = run("emp_y", "--json")
+    assert other.exit_code == 0 and case.case_id not in other.output
+    # Not an employee: refused before any read; a wrong password: refused at login.
+    for account in ("fin_t", "mgr_a", "sec_1"):
+        refused_cli = run(account)
+        assert refused_cli.exit_code == 1 and "not an employee account" in refused_cli.output
+    assert run("emp_x", password="wrong").exit_code == 2
+    # No identity beyond the pseudonym the notices are addressed to appears in the output.
+    assert EMP_X_ID.lower() not in got.output.lower()
+    rows(gov.login("sec_1"), f"SELECT count() FROM {DB}.events")  # used, then closed
+    cases.close_case(gov.store(), gov.config, case.case_id, "sec_1", "no_finding")
 
 
 def test_view_columns_follow_the_field_registry(gov: Gov) -> None:

@@ -128,6 +128,9 @@ def test_notices_say_why_what_and_until_when_unless_on_legal_hold() -> None:
     team = cases.approved(_case(scope_kind="team", scope_value="support"), CONFIG, "owner", NOW)
     team_note = cases.notification_for(team, "case_opened", NOW)
     assert team_note is not None and "team support" in team_note.message
+    # The case's period travels with the notice: the row policy on `notifications` shows a
+    # team or tool notice to the employees with records of their own in it.
+    assert (team_note.period_start, team_note.period_end) == (team.period_start, team.period_end)
     closed = cases.closed(opened, CONFIG, "lead", "finding_resolved", "card revoked", NOW)
     end = cases.notification_for(closed, "case_closed", NOW)
     assert end is not None and "finding resolved" in end.message and "card revoked" in end.message

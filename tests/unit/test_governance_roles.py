@@ -178,13 +178,26 @@ def test_what_each_role_is_granted() -> None:
         f"GRANT SELECT ON {DB}.employee_incidents",
         f"GRANT SELECT ON {DB}.contests",
         f"GRANT SELECT ON {DB}.contests_current",
+        f"GRANT SELECT ON {DB}.notifications",
     )
     own = f"IN (SELECT pseudonym FROM {DB}.my_pseudonyms)"
     assert specs["emp"].row_filters == {
         f"{DB}.events": f"user_pseudonym {own}",
         f"{DB}.incidents": f"user_pseudonym {own}",
         f"{DB}.contests": f"pseudonym {own}",
+        f"{DB}.notifications": roles.employee_notice_filter(DB),
     }
+    # Notices: to one of their pseudonyms, or to a team/tool of their own records (events,
+    # read under their row policy) within the case period; any other kind reaches nobody.
+    notice_filter = roles.employee_notice_filter(DB)
+    assert notice_filter.startswith(f"multiIf(recipient_kind = 'pseudonym', recipient {own}, ")
+    assert f"FROM {DB}.events" in notice_filter and notice_filter.endswith(", 0)")
+    assert "period_start" in notice_filter and "period_end" in notice_filter
+    # Notices are for the people they concern: employees only, never finance or managers.
+    for name, spec in specs.items():
+        reads_notices = any(g.endswith(f"{DB}.notifications") for g in spec.grants)
+        assert reads_notices == (spec.role == "employee"), name
+        assert reads_notices == (f"{DB}.notifications" in spec.row_filters), name
     # Contests (with the employee's own words) are for the employee and the security group;
     # reports get the annotation view, which has no person in it.
     for name, spec in specs.items():
@@ -195,7 +208,8 @@ def test_what_each_role_is_granted() -> None:
 
 
 def test_no_role_gets_a_wildcard_or_an_admin_table() -> None:
-    admin_only = ("cases", "notifications", "employee_pseudonyms", "read_audit",
+    # notifications: employees only, under their row policy (test_what_each_role_is_granted)
+    admin_only = ("cases", "employee_pseudonyms", "read_audit",
                   "governance_settings", "schema_migrations")  # fmt: skip
     for spec in _specs().values():
         for grant in spec.grants:
@@ -300,6 +314,7 @@ def test_users_xml_and_sql_grant_exactly_the_same() -> None:
         f"{DB}.manager_team_weekly": ["mgr"],
         f"{DB}.incidents": ["emp"],
         f"{DB}.contests": ["emp"],
+        f"{DB}.notifications": ["emp"],
         f"{DB}.contest_annotations": ["mgr"],
         f"{DB}.held_events": ["sec_a", "sec_b"],
     }

@@ -94,6 +94,10 @@ class Notification:
     recipient: str
     message: str
     created_at: datetime
+    # The case's period: a team or tool notice reaches the employees with records of their
+    # own in it (row policy on `notifications`, trustlog/governance/roles.py).
+    period_start: datetime | None = None
+    period_end: datetime | None = None
 
 
 def _utc(dt: datetime) -> datetime:
@@ -261,6 +265,8 @@ def notification_for(case: Case, kind: str, now: datetime) -> Notification | Non
         recipient=case.scope_value,
         message=message,
         created_at=_utc(now),
+        period_start=case.period_start,
+        period_end=case.period_end,
     )
 
 
@@ -327,6 +333,8 @@ _NOTIFICATION_COLUMNS = [
     "recipient",
     "message",
     "created_at",
+    "period_start",
+    "period_end",
     "version",
 ]
 
@@ -343,8 +351,11 @@ def insert_notification(
     created_at: datetime,
     case_id: str = "",
     contest_id: str = "",
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
 ) -> None:
-    """One notice for a delivery channel to send (cases and contests write the same table)."""
+    """One notice (cases and contests write the same table); the person concerned reads it
+    with `trustlog notices`, under their row policy."""
     row = [
         notification_id,
         case_id,
@@ -354,6 +365,8 @@ def insert_notification(
         recipient,
         message,
         created_at,
+        period_start,
+        period_end,
         time.time_ns(),
     ]
     client.insert(f"{database}.notifications", [row], column_names=_NOTIFICATION_COLUMNS)
@@ -382,6 +395,8 @@ class CaseStore:
             message=note.message,
             created_at=note.created_at,
             case_id=note.case_id,
+            period_start=note.period_start,
+            period_end=note.period_end,
         )
 
     def _select(self, where: str, parameters: dict[str, Any], limit: int = 1000) -> list[Case]:
@@ -425,7 +440,7 @@ class CaseStore:
     def notifications(self, case_id: str) -> list[Notification]:
         res = self.client.query(
             f"SELECT notification_id, case_id, kind, recipient_kind, recipient, message, "
-            f"created_at FROM {self.db}.notifications FINAL WHERE case_id = {{c:String}} "
+            f"created_at, period_start, period_end FROM {self.db}.notifications FINAL WHERE case_id = {{c:String}} "
             "ORDER BY created_at",
             parameters={"c": case_id},
         )

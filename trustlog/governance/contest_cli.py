@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trustlog.governance import contests, roles
+from trustlog.governance import contests, notices, roles
 from trustlog.governance.cli import (
     JsonOpt,
     PasswordOpt,
@@ -53,8 +53,13 @@ def _role(config: roles.RolesConfig, account: str, role: str, what: str) -> None
         raise _fail(f"{account!r} is not an {role} account: {what}", 1)
 
 
-def _employee(s: GovernanceSettings, account: str, password: str | None) -> Any:
-    _role(_config(s), account, "employee", "only employees contest their own records")
+def _employee(
+    s: GovernanceSettings,
+    account: str,
+    password: str | None,
+    what: str = "only employees contest their own records",
+) -> Any:
+    _role(_config(s), account, "employee", what)
     return login(s, account, password)
 
 
@@ -188,6 +193,30 @@ def contest_mine(
             "yes" if c.attributed else "no longer yours",
         )
     console.print(table)
+
+
+def notices_command(
+    account: AccountOpt,
+    limit: Annotated[int, typer.Option(min=1, max=notices.MAX_NOTICES)] = 200,
+    password: PasswordOpt = None,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your notices, newest first: reviews of your records (cases opened and closed) and
+    decisions on your contests. Read as you: ClickHouse shows only the ones that concern you."""
+    s = _settings(state_dir)
+    client = _employee(
+        s, account, password, "notices are read by the employee they concern, as themselves"
+    )
+    found = notices.own_notices(client, s.ch_database, limit)
+    if as_json:
+        print(_json([_jsonable(n) for n in found]))
+        return
+    table = Table("time UTC", "kind", "to", "message")
+    for n in found:
+        table.add_row(_when(n.created_at), n.label, n.addressed_to, n.message)
+    console.print(table)
+    console.print(f"{len(found)} notice(s)")
 
 
 # --------------------------------------------------------------------------- security group

@@ -77,13 +77,15 @@ ROLE_OBJECTS: Mapping[str, tuple[str, ...]] = {
         "contests",
         "contests_current",
     ),
-    # Contests: only their own (row policy on `contests`, by their pseudonyms).
+    # Contests: only their own (row policy on `contests`, by their pseudonyms). Notices: the
+    # ones that concern them (row policy on `notifications`, employee_notice_filter).
     "employee": (
         "employee_events",
         "my_pseudonyms",
         "employee_incidents",
         "contests",
         "contests_current",
+        "notifications",
     ),
 }
 DETAIL_ROLES = ("security", "employee")
@@ -95,6 +97,7 @@ EMPLOYEE_INCIDENT_COLUMNS = (
     "last_seen", "signal_count", "summary", "user_pseudonym",
 )  # fmt: skip
 CONTESTS_TABLE = "contests"
+NOTICES_TABLE = "notifications"
 ANNOTATIONS_VIEW = "contest_annotations"
 
 MAX_SECURITY_ACCOUNTS = 5
@@ -343,6 +346,32 @@ def employee_pseudonym_filter(database: str, column: str) -> str:
     return f"{column} IN (SELECT pseudonym FROM {database}.my_pseudonyms)"
 
 
+def employee_notice_filter(database: str) -> str:
+    """Notices that concern the reader (0008_employee_notices.sql): addressed to one of their
+    pseudonyms, or to a team or tool in which they have a record of their own (their row
+    policy on `events` applies inside this subquery) within the case's period. A notice
+    without a period (written before 0008) falls back to any kept record in that team/tool.
+    """
+    # One scan of the reader's own rows, as (kind, name, event times) per team and per tool.
+    # ARRAY JOIN rather than UNION ALL: a row policy's UNION is not normalized (BAD_ARGUMENTS).
+    own = (
+        "SELECT groupArray((k, v, ts)) FROM (SELECT kv.1 AS k, kv.2 AS v, "
+        f"groupArray(event_time) AS ts FROM {database}.events "
+        "ARRAY JOIN [('team', toString(team)), ('tool', toString(tool))] AS kv GROUP BY k, v)"
+    )
+    in_period = (
+        "arrayExists(t -> t >= coalesce(period_start, toDateTime64(0, 3, 'UTC')) "
+        "AND t < coalesce(period_end, toDateTime64('2299-12-31 00:00:00', 3, 'UTC')), r.3)"
+    )
+    return (
+        "multiIf(recipient_kind = 'pseudonym', "
+        f"{employee_pseudonym_filter(database, 'recipient')}, "
+        "recipient_kind IN ('team', 'tool'), "
+        f"arrayExists(r -> r.1 = recipient_kind AND r.2 = recipient AND {in_period}, ({own})), "
+        "0)"
+    )
+
+
 def manager_row_filter(teams: Sequence[str]) -> str:
     return f"team IN ({', '.join(sql_string(t) for t in teams)})"
 
@@ -371,6 +400,7 @@ def access_spec(account: Account, database: str, reg: Registry | None = None) ->
         grants.insert(1, f"GRANT SELECT({cols}) ON {database}.{INCIDENTS_TABLE}")
         filters[f"{database}.{INCIDENTS_TABLE}"] = employee_row_filter(database)
         filters[f"{database}.{CONTESTS_TABLE}"] = employee_pseudonym_filter(database, "pseudonym")
+        filters[f"{database}.{NOTICES_TABLE}"] = employee_notice_filter(database)
     if account.role == "security":
         cols = ", ".join((*HELD_EXTRA_COLUMNS, *detail_columns("security", reg)))
         grants.append(f"GRANT SELECT({cols}) ON {database}.{HELD_TABLE}")
@@ -398,7 +428,8 @@ def describe_access(account: Account, reg: Registry | None = None) -> tuple[str,
         "manager": f"teams {', '.join(account.teams)}; groups of fewer people hidden",
         "security": "detail only while an approved case covers it; every contest; held "
         "records of holds naming them",
-        "employee": "their own rows, incidents and contests (own pseudonyms)",
+        "employee": "their own rows, incidents and contests (own pseudonyms); notices to "
+        "them or to a team/tool of their own records",
     }[account.role]
     return ", ".join(reads), rows
 
