@@ -486,8 +486,22 @@ class Aggregator:
         )
 
     async def seek_past_stored(self, assigned: list[TopicPartition]) -> None:
-        async with self.ch_lock:
-            await self._seek_past_stored(assigned)
+        """Retried until it succeeds: the loop uses none of these partitions before (ready),
+        so giving up would stall them, and going on without it could count rows twice."""
+        delay = 0.5
+        while True:
+            try:
+                async with self.ch_lock:
+                    await self._seek_past_stored(assigned)
+                return
+            except Exception as exc:
+                self.health.set("clickhouse", False, type(exc).__name__)
+                log.warning(
+                    "reading stored offsets failed, retrying",
+                    extra={"error": type(exc).__name__, "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _seek_past_stored(self, assigned: list[TopicPartition]) -> None:
         db, topic = self.s.ch_database, self.s.topic_redacted
@@ -508,6 +522,7 @@ class Aggregator:
             )
             held = self.recent.remember(ids)
             log.info("recent event ids loaded", extra={"loaded": len(ids), "held": held})
+        behind: dict[TopicPartition, int] = {}
         for tp in assigned:
             if tp.partition in stored:
                 committed = await self.consumer.committed(tp)
@@ -517,10 +532,18 @@ class Aggregator:
                     # ClickHouse acknowledged rows whose offsets were never committed (crash
                     # between insert and commit): resume after them instead of re-inserting.
                     self.consumer.seek(tp, nxt)
+                    behind[tp] = nxt
                     log.info(
                         "resuming after stored rows",
                         extra={"partition": tp.partition, "offset": nxt, "committed": committed},
                     )
+        if behind:
+            # Commit the new position now: with no new record on a partition nothing else
+            # would, and its consumer lag would show rows that are long stored.
+            try:
+                await self.consumer.commit(behind)
+            except KafkaError as exc:
+                log.warning("offset commit failed", extra={"error": type(exc).__name__})
 
     async def flush(self) -> None:
         async with self.ch_lock:
