@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -488,16 +489,25 @@ class Aggregator:
     async def seek_past_stored(self, assigned: list[TopicPartition]) -> None:
         """Retried until it succeeds: the loop uses none of these partitions before (ready),
         so giving up would stall them, and going on without it could count rows twice."""
+
+        async def step() -> None:
+            async with self.ch_lock:
+                await self._seek_past_stored(assigned)
+
+        await self._until_done("reading stored offsets", step)
+
+    async def _until_done(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until it succeeds, backing off to 10 s: ClickHouse may be restarting,
+        and neither a batch nor an assignment may be dropped."""
         delay = 0.5
         while True:
             try:
-                async with self.ch_lock:
-                    await self._seek_past_stored(assigned)
+                await step()
                 return
             except Exception as exc:
                 self.health.set("clickhouse", False, type(exc).__name__)
                 log.warning(
-                    "reading stored offsets failed, retrying",
+                    f"{what} failed, retrying",
                     extra={"error": type(exc).__name__, "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
@@ -552,21 +562,9 @@ class Aggregator:
     async def _flush(self) -> None:
         if not self.sink.last:
             return
-        delay = 0.5
-        while True:
-            try:
-                if self.sink.rows:
-                    await asyncio.to_thread(self.sink.insert)
-                break
-            except Exception as exc:
-                # Keep the batch and the uncommitted offsets; ClickHouse may be restarting.
-                self.health.set("clickhouse", False, type(exc).__name__)
-                log.warning(
-                    "insert failed, retrying",
-                    extra={"error": type(exc).__name__, "retry_in_s": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        if self.sink.rows:
+            # Retried with the batch and its uncommitted offsets kept.
+            await self._until_done("insert", lambda: asyncio.to_thread(self.sink.insert))
         self.health.set("clickhouse", True, "inserting")
         if self.s.test_pause_before_commit_seconds and self.sink.rows:
             # Test-only hook (0 = off): a window in which a kill lands between ClickHouse's
