@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from trustlog.governance import roles
+from trustlog.governance.cli import StateOpt, _settings
 from trustlog.registry import RegistryError, registry
 from trustlog.reports import render
 from trustlog.reports.model import (
@@ -41,9 +42,6 @@ report_app = typer.Typer(
 )
 console = Console(stderr=True)
 
-StateOpt = Annotated[
-    Path | None, typer.Option("--state-dir", help="Defaults to $TRUSTLOG_STATE_DIR or ./.trustlog")
-]
 OutDir = Annotated[Path, typer.Option("--out", help="Directory for the HTML page and CSV files")]
 PasswordEnv = "TRUSTLOG_ACCOUNT_PASSWORD"
 
@@ -51,12 +49,6 @@ PasswordEnv = "TRUSTLOG_ACCOUNT_PASSWORD"
 def _fail(message: str, code: int) -> typer.Exit:
     console.print(message, style="red", markup=False, highlight=False)
     return typer.Exit(code)
-
-
-def _settings(state_dir: Path | None) -> GovernanceSettings:
-    state = (state_dir or default_state_dir()).resolve()
-    os.environ["TRUSTLOG_STATE_DIR"] = str(state)
-    return GovernanceSettings()
 
 
 def _roles(s: GovernanceSettings) -> roles.RolesConfig:
