@@ -284,7 +284,9 @@ _PHONE_WORDS = (
     r"|ring|contact|hotline|landline|ph"
 )
 # The phone word must lead up to the number: no other number or line break in between.
-_PHONE_CONTEXT = re.compile(r"(?i:\b(?:" + _PHONE_WORDS + r")\b)[^\d\n]{0,30}$", re.ASCII)
+_PHONE_WORD_RE = r"(?i:\b(?:" + _PHONE_WORDS + r")\b)"
+_PHONE_GAP = 30
+_PHONE_CONTEXT = re.compile(_PHONE_WORD_RE + r"[^\d\n]{0,%d}$" % _PHONE_GAP, re.ASCII)
 _PHONE_WINDOW = 40
 # Deletes the separators a phone pattern can match, leaving its digits.
 _ONLY_DIGITS = str.maketrans("", "", " .-()+")
@@ -563,6 +565,12 @@ def _bulk(text: str, emails: int, identifiers: int) -> bool:
     _IPV6S,
 ) = range(15)
 _PASSES = 15
+# the same passes by name, for the native core
+_PASS_NAMES = (
+    "secrets", "ibans", "cards", "ssn_dashed", "ssn_word", "plus", "double_zero",
+    "trunk_bracket", "national", "nanp", "weak_number", "phone_word", "header_words", "ipv4s",
+    "ipv6s",
+)  # fmt: skip
 # the pass of each _PHONE_INTL pattern, in order
 _INTL_PASSES = (_PLUS, _DOUBLE_ZERO, _TRUNK_BRACKET, _NATIONAL)
 # Substrings of every phone word (context and table header).
@@ -714,23 +722,111 @@ _HYPERSCAN = _load_hyperscan()
 _gate = _HYPERSCAN if _HYPERSCAN is not None else _re_gate
 
 
-def set_accelerator(enabled: bool) -> bool:
-    """Use the Hyperscan prefilter when available (default) or force pure ``re``.
+def _pcre(pattern: re.Pattern[str]) -> tuple[str, bool]:
+    """A pattern for the native core: its source and whether it is MULTILINE. Every other flag
+    is written inline, so the source carries the whole meaning (ASCII is what the core's
+    byte matching does; where a Unicode pattern could differ, it hands the text back)."""
+    extra = pattern.flags & ~(re.ASCII | re.UNICODE | re.MULTILINE)
+    if extra:
+        raise ValueError(f"pattern flags {extra!r} not written inline: {pattern.pattern!r}")
+    return pattern.pattern, bool(pattern.flags & re.MULTILINE)
 
-    Returns whether Hyperscan is now in use. Results are identical either way.
-    """
-    global _gate
-    _gate = _HYPERSCAN if enabled and _HYPERSCAN is not None else _re_gate
-    return _gate is not _re_gate
+
+def _load_native() -> Any | None:
+    """The native core (``native/``, Rust + PCRE2), given this module's patterns and
+    constants, so this file stays the single definition of what is detected."""
+    try:
+        import trustlog_detect  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # not built here: the Python detector is complete on its own
+        return None
+    patterns = {
+        "secret": _SECRET, "email": _EMAIL, "iban": _IBAN, "iban_head": _IBAN_HEAD,
+        "card": _CARD, "ssn": _SSN, "ssn_ctx": _SSN_CTX, "ipv4": _IPV4,
+        "version_before_reversed": _VERSION_BEFORE_REVERSED, "ipv6": _IPV6,
+        "ipv6_address": _IPV6_ADDRESS, "phone_weak": _PHONE_WEAK,
+        "national_strong": _NATIONAL_STRONG, "phone_word": re.compile(_PHONE_WORD_RE, re.ASCII),
+        "header_word": _HEADER_WORD, "phone_header": _PHONE_HEADER,
+        "record_line": _RECORD_LINE, "address": _ADDRESS,
+    }  # fmt: skip
+    return trustlog_detect.Detector(
+        gates=[
+            (src.decode("ascii"), _PASS_NAMES[k], caseless, back)
+            for (src, k, caseless, _), back in zip(_HS_GATES, _GATE_BACK, strict=True)
+        ],
+        patterns={name: _pcre(p) for name, p in patterns.items()},
+        phone_intl=[(_pcre(p)[0], lo, hi) for p, lo, hi in _PHONE_INTL],
+        phone_nanp=[_pcre(p)[0] for p in _PHONE_NANP],
+        iban_len=_IBAN_LEN,
+        tld_ok=sorted(_TLD_OK),
+        personal_columns=sorted(_PERSONAL_COLUMNS),
+        bulk_emails=BULK_EMAILS,
+        bulk_record_lines=BULK_RECORD_LINES,
+        phone_window=_PHONE_WINDOW,
+        phone_gap=_PHONE_GAP,
+    )
 
 
-def accelerator() -> str:
+_NATIVE = _load_native()
+# The engine in use: "native" (Rust core; the Python detector for the rare text it hands
+# back), "hyperscan" (Python detector with the Hyperscan prefilter) or "re" (pure Python).
+ENGINES = ("native", "hyperscan", "re")
+_native_scan: Callable[[str], dict[str, int] | None] | None = (
+    _NATIVE.scan if _NATIVE is not None else None
+)
+_native_scan_all: Callable[..., dict[str, int] | None] | None = (
+    _NATIVE.scan_all if _NATIVE is not None else None
+)
+_handed_back = 0
+
+
+def available_engines() -> tuple[str, ...]:
+    have = {"native": _NATIVE is not None, "hyperscan": _HYPERSCAN is not None, "re": True}
+    return tuple(e for e in ENGINES if have[e])
+
+
+def set_engine(name: str) -> bool:
+    """Use detection engine ``name`` if it is available here; returns whether it is now in
+    use (otherwise nothing changes). Every engine gives the same counts for every text."""
+    global _gate, _native_scan, _native_scan_all
+    if name not in ENGINES:
+        raise ValueError(f"unknown detection engine {name!r}; one of {ENGINES}")
+    if name not in available_engines():
+        return False
+    native = name == "native" and _NATIVE is not None
+    _native_scan = _NATIVE.scan if native else None
+    _native_scan_all = _NATIVE.scan_all if native else None
+    # the native core hands rare texts back to Python, which then uses its best prefilter
+    _gate = _re_gate if name == "re" or _HYPERSCAN is None else _HYPERSCAN
+    return True
+
+
+def engine() -> str:
+    if _native_scan is not None:
+        return "native"
     return "re" if _gate is _re_gate else "hyperscan"
+
+
+def handed_back() -> int:
+    """How many texts the native core handed back to the Python detector in this process
+    (texts whose result depends on a Unicode rule only Python's ``re`` applies exactly)."""
+    return _handed_back
 
 
 def scan(text: str) -> dict[str, int]:
     """Count sensitive-data classes in ``text``. Returns class -> count (no text, no offsets),
     only the classes found."""
+    global _handed_back
+    if not text:
+        return {}
+    if _native_scan is not None:
+        found = _native_scan(text)
+        if found is not None:
+            return found
+        _handed_back += 1
+    return _scan_python(text)
+
+
+def _scan_python(text: str) -> dict[str, int]:
     found: dict[str, int] = {}
     if not text:
         return found
@@ -774,6 +870,8 @@ def scan(text: str) -> dict[str, int]:
 
 def scan_all(*texts: str | None) -> dict[str, int]:
     """Class counts summed over ``texts`` (``None`` and empty texts are skipped)."""
+    if _native_scan_all is not None and (found := _native_scan_all(*texts)) is not None:
+        return found
     if len(texts) == 1:
         return scan(texts[0]) if texts[0] else {}
     total: dict[str, int] = {}
