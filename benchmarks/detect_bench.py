@@ -3,8 +3,8 @@ same run; plus the redactor's events/s with and without detection.
 
     .venv/bin/python -m benchmarks.detect_bench [--docs 1200] [--events 3000]
 
-Needs the ``bench`` extra (presidio-analyzer); Hyperscan is used when installed, and the
-pure-``re`` path is measured either way. Writes benchmarks/results/detection.md.
+Needs the ``bench`` extra (presidio-analyzer). Every detection engine available here is
+measured (native core, Hyperscan-gated Python, pure ``re``). Writes benchmarks/results/detection.md.
 
 Presidio is set up as fairly as it can be without a model download: a blank spaCy English
 pipeline (tokenizer only, saved to a temp dir and loaded as the spaCy NLP engine) and only
@@ -264,17 +264,15 @@ def redactor_rates(events: list[bytes], reps: int) -> tuple[dict[str, float], di
     red = Redactor(Pseudonymizer({"1": b"k" * 32}, "1"))
     assert all(isinstance(red(e), Redacted) for e in events[:50]), "bench events must redact"
     real = redact_mod.scan_all
-    modes = (
-        ["hyperscan", "re", "no detection"]
-        if detect.set_accelerator(True)
-        else ["re", "no detection"]
-    )
+    engines = detect.available_engines()
+    modes = [*engines, "no detection"]
     rates: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     try:
         for _ in range(reps):  # interleaved: the machine is shared and noisy
             for mode in modes:
-                detect.set_accelerator(mode == "hyperscan")
+                if mode != "no detection":
+                    detect.set_engine(mode)
                 redact_mod.scan_all = (lambda *texts: {}) if mode == "no detection" else real
                 t0, c0 = time.perf_counter(), time.process_time()
                 for e in events:
@@ -283,7 +281,7 @@ def redactor_rates(events: list[bytes], reps: int) -> tuple[dict[str, float], di
                 cpu[mode].append((time.process_time() - c0) / len(events))
     finally:
         redact_mod.scan_all = real
-        detect.set_accelerator(True)
+        detect.set_engine(engines[0])
     return (
         {k: statistics.median(v) for k, v in rates.items()},
         {k: statistics.median(v) for k, v in cpu.items()},
@@ -344,17 +342,18 @@ def main() -> None:
     size, clean_size = mbytes(texts), mbytes(clean)
     print(f"corpus: {len(docs)} docs, {size:.2f} MB, {len(clean)} without sensitive data")
 
-    have_hs = detect.set_accelerator(True)
+    engines = detect.available_engines()
     ours_pred = [detect.scan_all(t) for t in texts]
-    detect.set_accelerator(False)
-    assert [detect.scan_all(t) for t in texts] == ours_pred, "re and hyperscan paths differ"
-    detect.set_accelerator(True)
+    for name in engines:
+        detect.set_engine(name)
+        assert [detect.scan_all(t) for t in texts] == ours_pred, f"engine {name} differs"
+    detect.set_engine(engines[0])
     ours = score(docs, ours_pred)
 
     # The machine is shared: time both detectors chunk by chunk, ours right before and after
     # Presidio on the same chunk, so both see the same background load.
     print("presidio: analysing the corpus (slow) ...", flush=True)
-    modes = ["hyperscan", "re"] if have_hs else ["re"]
+    modes = list(engines)
     ours_doc_s: dict[str, list[float]] = {m: [0.0] * len(docs) for m in modes}
     p_results: list[list[tuple[str, float]]] = []
     p_seconds: list[float] = []
@@ -363,7 +362,7 @@ def main() -> None:
     for lo in range(0, len(docs), chunk):
         part = docs[lo : lo + chunk]
         for m in modes:  # per-document median of `reps` timings, half before, half after
-            detect.set_accelerator(m == "hyperscan")
+            detect.set_engine(m)
             ours_doc_s[m][lo : lo + len(part)] = doc_times(part, args.reps // 2)
         res, sec = run_presidio(part)
         p_results += res
@@ -372,7 +371,7 @@ def main() -> None:
         for i in range(0, len(part), 4):
             pd_seconds[lo + i] = run_presidio([part[i]], default_registry=True)[1][0]
         for m in modes:
-            detect.set_accelerator(m == "hyperscan")
+            detect.set_engine(m)
             after = doc_times(part, args.reps - args.reps // 2)
             for i, t in enumerate(after):
                 j = lo + i
@@ -380,7 +379,7 @@ def main() -> None:
                 ours_doc_s[m][j] = (
                     ours_doc_s[m][j] * before + t * (args.reps - before)
                 ) / args.reps
-    detect.set_accelerator(True)
+    detect.set_engine(engines[0])
 
     def seconds(per_doc: list[float], idx: list[int] | None = None) -> float:
         return sum(per_doc) if idx is None else sum(per_doc[i] for i in idx)
@@ -434,10 +433,10 @@ def main() -> None:
     )
     prose_texts = [d.text for d in prose]
     prose_ours = {}
-    for m in ["hyperscan", "re"] if have_hs else ["re"]:
-        detect.set_accelerator(m == "hyperscan")
+    for m in engines:
+        detect.set_engine(m)
         prose_ours[m] = sum(doc_times(prose, args.reps))
-    detect.set_accelerator(True)
+    detect.set_engine(engines[0])
     prose_p = sum(run_presidio(prose)[1])
 
     speed_rows = []
@@ -460,7 +459,12 @@ def main() -> None:
         f"| every 4th doc | Presidio default English registry | {sample_mb / pd_all:.4f} | 1x |"
     )
 
-    hs_note = "installed" if have_hs else "NOT installed (only the re path was measured)"
+    missing = [e for e in detect.ENGINES if e not in engines]
+    engine_note = (
+        "Engines measured: "
+        + ", ".join(engines)
+        + (f" (not available here: {', '.join(missing)})" if missing else "")
+    )
     tot = totals(docs)
     positives = ", ".join(f"{c} {tot[c]}" for c in detect.CLASSES)
     f1 = (micro_f1(ours_shared), micro_f1(p_default), micro_f1(p_best))
@@ -481,7 +485,9 @@ plain-prose rows ({len(prose)} prompts of plain sentences) are closer to most tr
 
 Timed in 20 chunks of the corpus: on each chunk ours ({args.reps} timings per document, half
 right before and half right after Presidio, mean), then Presidio (one `analyze()` per
-document), so both carry the same background load. Hyperscan {hs_note}. MB/s = bytes /
+document), so both carry the same background load. {engine_note}: "native" is the Rust +
+PCRE2 core (native/) running detect.py's patterns, "hyperscan" the Python detector with its
+Hyperscan prefilter, "re" the pure-Python one; all give the same counts. MB/s = bytes /
 summed per-document seconds; ratio = Presidio seconds / our seconds on the same documents.
 Presidio "6 pattern recognizers" runs only the recognizers of the shared classes; "default
 English registry" is what Presidio loads out of the box (17 pattern recognizers and the spaCy

@@ -49,5 +49,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# The sensitive-data detector's native core (native/: Rust + PCRE2), built by cargo through
+# maturin into the venv. Rebuilt only when its sources change; cargo caches its crates.
+native_stamp=.venv/.trustlog-native
+native_want=$(cat native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/*.rs | sha256sum | cut -d' ' -f1)
+if [ ! -f "$native_stamp" ] || [ "$(cat "$native_stamp")" != "$native_want" ]; then
+  command -v cargo >/dev/null 2>&1 || PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "bootstrap: the detector's native core needs Rust (cargo 1.80+). Install it with" >&2
+    echo "  curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal" >&2
+    exit 1
+  fi
+  echo "bootstrap: building the detector's native core (cargo, about a minute the first time)" >&2
+  .venv/bin/python -m pip install -q ./native
+  echo "$native_want" > "$native_stamp"
+fi
+
 echo "bootstrap: resolving Kafka jars (cached after the first run)" >&2
 .venv/bin/python -m trustlog.stack.kafka fetch

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
 use regex_automata::dfa::{dense, Automaton};
 use regex_automata::nfa::thompson;
+use regex_automata::util::primitives::StateID;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
 use pyo3::exceptions::PyValueError;
@@ -55,6 +56,10 @@ const PHONE_WORD: u32 = 11;
 const HEADER_WORDS: u32 = 12;
 const IPV4S: u32 = 13;
 const IPV6S: u32 = 14;
+// Which of the gate DFAs holds the gate patterns of each pass (in PASS_NAMES order): digit
+// shapes in two groups, words, and patterns that start on a rare literal.
+const GATE_DFAS: usize = 4;
+const GATE_GROUP: [usize; 15] = [3, 0, 0, 0, 2, 3, 1, 3, 1, 1, 1, 2, 2, 0, 3];
 // the pass of each international / trunk / national phone pattern, in order
 const INTL_PASSES: [u32; 4] = [5, 6, 7, 8];
 
@@ -191,8 +196,9 @@ fn iban_ok(s: &[u8]) -> bool {
 struct Detector {
     /// detect.py's gate patterns as one DFA; per pattern, its pass and how far before the end
     /// of its first match that pass may start
-    gate: dense::DFA<Vec<u32>>,
-    gate_pass: Vec<(usize, usize)>,
+    gate: [dense::DFA<Vec<u32>>; GATE_DFAS],
+    /// per DFA and its pattern: (gate pattern id, pass, back)
+    gate_pass: [Vec<(usize, usize, usize)>; GATE_DFAS],
     secret: Regex,
     email: Regex,
     iban: Regex,
@@ -330,28 +336,36 @@ impl Detector {
     /// end of the first match of each gate pattern, minus the longest that gate match can be.
     fn survey(&self, t: &[u8]) -> Res<Survey> {
         let mut at = [usize::MAX; 15];
-        let dfa = &self.gate;
         let mut seen = 0u64; // gate patterns already reported (there are fewer than 64)
-        let mut record = |sid, end: usize, seen: &mut u64| {
+        let mut record = |g: usize, sid, end: usize| {
+            let dfa = &self.gate[g];
             for k in 0..dfa.match_len(sid) {
-                let p = dfa.match_pattern(sid, k).as_usize();
-                if *seen & (1 << p) == 0 {
+                let (id, pass, back) = self.gate_pass[g][dfa.match_pattern(sid, k).as_usize()];
+                if seen & (1 << id) == 0 {
                     // like Hyperscan's SINGLEMATCH: only each pattern's first match counts
-                    *seen |= 1 << p;
-                    let (pass, back) = self.gate_pass[p];
+                    seen |= 1 << id;
                     at[pass] = at[pass].min(end.saturating_sub(back));
                 }
             }
         };
-        // A plain loop over the DFA's transitions instead of the library's overlapping search,
-        // which stops at every return to the start state (measured 2x slower here). Matches
-        // are reported one byte late, so the offset of the byte that reveals one is its end.
-        // The bulk check's line counts ride along: independent of the DFA's chain of
-        // dependent loads, they cost next to nothing here and a pass of their own otherwise.
+        // A plain loop over the DFAs' transitions instead of the library's overlapping
+        // search, which stops at every return to the start state (measured 2x slower here).
+        // Four small DFAs step side by side: their chains of dependent loads overlap, and
+        // each stays in cache where one DFA of all the patterns took 2.3 MB. Matches are
+        // reported one byte late, so the offset of the byte that reveals one is its end.
+        // The bulk check's line counts ride along for the same reason.
         let (mut newlines, mut record_lines, mut delims) = (0usize, 0usize, 0u32);
-        let mut sid = dfa.start_state_forward(&Input::new(t)).map_err(|_| Undecided)?;
+        let input = Input::new(t);
+        let mut sid = [StateID::ZERO; GATE_DFAS];
+        for (g, dfa) in self.gate.iter().enumerate() {
+            sid[g] = dfa.start_state_forward(&input).map_err(|_| Undecided)?;
+        }
         for (i, &b) in t.iter().enumerate() {
-            sid = dfa.next_state(sid, b);
+            let mut special = false;
+            for g in 0..GATE_DFAS {
+                sid[g] = self.gate[g].next_state(sid[g], b);
+                special |= self.gate[g].is_special_state(sid[g]);
+            }
             match LINE_CLASS[usize::from(b)] {
                 0 => {}
                 1 => delims += 1,
@@ -361,17 +375,20 @@ impl Detector {
                     delims = 0;
                 }
             }
-            if dfa.is_special_state(sid) {
-                if dfa.is_match_state(sid) {
-                    record(sid, i, &mut seen);
-                } else if dfa.is_dead_state(sid) || dfa.is_quit_state(sid) {
-                    break;
+            if special {
+                for g in 0..GATE_DFAS {
+                    // unanchored with every match kept: never dead; no quit bytes configured
+                    if self.gate[g].is_match_state(sid[g]) {
+                        record(g, sid[g], i);
+                    }
                 }
             }
         }
-        let sid = dfa.next_eoi_state(sid);
-        if dfa.is_match_state(sid) {
-            record(sid, t.len(), &mut seen);
+        for g in 0..GATE_DFAS {
+            let eoi = self.gate[g].next_eoi_state(sid[g]);
+            if self.gate[g].is_match_state(eoi) {
+                record(g, eoi, t.len());
+            }
         }
         record_lines += usize::from(delims >= 2);
         Ok(Survey { at, newlines, record_lines })
@@ -753,35 +770,43 @@ impl Detector {
             }
             lens.insert([b[0], b[1]], n);
         }
-        let mut sources = Vec::new();
-        let mut gate_pass = Vec::new();
-        for (src, pass, caseless, back) in &gates {
+        if gates.len() >= 64 {
+            return Err(PyValueError::new_err("at most 63 gate patterns"));
+        }
+        let mut sources: [Vec<String>; GATE_DFAS] = Default::default();
+        let mut gate_pass: [Vec<(usize, usize, usize)>; GATE_DFAS] = Default::default();
+        for (id, (src, pass, caseless, back)) in gates.iter().enumerate() {
             let k = PASS_NAMES
                 .iter()
                 .position(|p| p == pass)
                 .ok_or_else(|| PyValueError::new_err(format!("unknown pass {pass:?}")))?;
+            let g = GATE_GROUP[k];
             // ASCII classes and word boundaries over bytes, as Hyperscan reads these patterns
-            sources.push(format!("(?{}-u){src}", if *caseless { "i" } else { "" }));
-            gate_pass.push((k, *back));
+            sources[g].push(format!("(?{}-u){src}", if *caseless { "i" } else { "" }));
+            gate_pass[g].push((id, k, *back));
         }
-        let gate = dense::Builder::new()
-            .configure(
-                dense::DFA::config()
-                    .match_kind(MatchKind::All)
-                    // only match and dead states are special: the scan loop stays tight
-                    .accelerate(false)
-                    .specialize_start_states(false)
-                    .minimize(true)
-                    .dfa_size_limit(Some(64 << 20))
-                    .determinize_size_limit(Some(64 << 20)),
-            )
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
-            .thompson(thompson::Config::new().utf8(false))
-            .build_many(&sources)
-            .map_err(|e| PyValueError::new_err(format!("gate patterns: {e}")))?;
-        if gates.len() >= 64 {
-            return Err(PyValueError::new_err("at most 63 gate patterns"));
+        let mut dfas = Vec::with_capacity(GATE_DFAS);
+        for group in &sources {
+            dfas.push(
+                dense::Builder::new()
+                    .configure(
+                        dense::DFA::config()
+                            .match_kind(MatchKind::All)
+                            // only match states are special: the scan loop stays tight
+                            .accelerate(false)
+                            .specialize_start_states(false)
+                            .minimize(true)
+                            .dfa_size_limit(Some(16 << 20))
+                            .determinize_size_limit(Some(16 << 20)),
+                    )
+                    .syntax(syntax::Config::new().unicode(false).utf8(false))
+                    .thompson(thompson::Config::new().utf8(false))
+                    .build_many(group)
+                    .map_err(|e| PyValueError::new_err(format!("gate patterns: {e}")))?,
+            );
         }
+        let gate: [dense::DFA<Vec<u32>>; GATE_DFAS] =
+            dfas.try_into().map_err(|_| PyValueError::new_err("gate DFAs"))?;
         Ok(Detector {
             gate,
             gate_pass,

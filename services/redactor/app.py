@@ -10,8 +10,10 @@ batch is either fully visible downstream (read_committed) or replayed, never hal
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,8 +25,8 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.partitioner import murmur2
-from prometheus_client import Counter
 
+from services.redactor import detect
 from services.redactor.identity import pseudonymizer_from_settings
 from services.redactor.redact import DeadLetter, Redacted, Redactor, load_directory
 from trustlog.kafka import MAX_RAW_MESSAGE_BYTES, ensure_topics
@@ -107,6 +109,13 @@ async def serve(stop: asyncio.Event, health: Health, metrics: Metrics, s: Redact
     sensitive = metrics.counter("sensitive_classes_total", "Sensitive classes seen", ("cls",))
     batch_seconds = metrics.histogram("batch_seconds", "Time per transactional batch")
     stale = metrics.counter("stale_batches_total", "Batches dropped because of a rebalance")
+    # Which detection engine runs (the native core, or Python if it is not built here), and
+    # how many texts the core handed to the Python detector (a Unicode rule only it applies).
+    engine = metrics.gauge("detect_engine", "Sensitive-data detection engine in use", ("engine",))
+    engine.labels(detect.engine()).set(1)
+    handed_back = metrics.gauge(
+        "detect_handed_back_texts", "Texts the native detector handed to the Python one"
+    )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap,
         group_id=GROUP_ID,
@@ -137,7 +146,12 @@ async def serve(stop: asyncio.Event, health: Health, metrics: Metrics, s: Redact
     by_team = TeamPartitioner(len(partitions))
     health.set("kafka", True, "consuming")
     log.info(
-        "redactor consuming", extra={"topic": s.topic_raw, "key_version": s.pseudonym_key_version}
+        "redactor consuming",
+        extra={
+            "topic": s.topic_raw,
+            "key_version": s.pseudonym_key_version,
+            "detect_engine": detect.engine(),
+        },
     )
     try:
         while not stop.is_set():
@@ -152,10 +166,17 @@ async def serve(stop: asyncio.Event, health: Health, metrics: Metrics, s: Redact
                     stale.inc()
                     continue
                 t0 = time.perf_counter()
-                outcome = await _transact(producer, redactor, batch, s, by_team, sensitive, dead)
-            for k, v in outcome.items():
+                done = await _transact(producer, redactor, batch, s, by_team)
+            # Counted once per committed batch: an aborted one is read again and would count
+            # twice, and a labelled increment per event and class cost more than the batch.
+            for k, v in done.outcome.items():
                 processed.labels(k).inc(v)
+            for cls, v in done.classes.items():
+                sensitive.labels(cls).inc(v)
+            for reason, v in done.reasons.items():
+                dead.labels(reason).inc(v)
             batch_seconds.observe(time.perf_counter() - t0)
+            handed_back.set(detect.handed_back())
     except Exception as exc:
         health.set("kafka", False, type(exc).__name__)
         log.error("redactor loop failed", extra={"error": type(exc).__name__})
@@ -165,17 +186,25 @@ async def serve(stop: asyncio.Event, health: Health, metrics: Metrics, s: Redact
         await producer.stop()
 
 
+@dataclass
+class BatchDone:
+    """What one committed batch did: events per outcome, class counts, dead-letter reasons."""
+
+    outcome: dict[str, int] = field(default_factory=lambda: {"redacted": 0, "deadletter": 0})
+    classes: collections.Counter[str] = field(default_factory=collections.Counter)
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
 async def _transact(
     producer: AIOKafkaProducer,
     redactor: Redactor,
     batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     s: RedactorSettings,
     by_team: TeamPartitioner,
-    sensitive: Counter,
-    dead: Counter,
-) -> dict[str, int]:
+) -> BatchDone:
     """One batch, one transaction: its output records and its input offsets, or nothing."""
-    outcome = {"redacted": 0, "deadletter": 0}
+    done = BatchDone()
+    outcome, classes, reasons = done.outcome, done.classes, done.reasons
     async with producer.transaction():
         sent: list[asyncio.Future[Any]] = []
         offsets: dict[TopicPartition, int] = {}
@@ -192,19 +221,19 @@ async def _transact(
                         )
                     )
                     outcome["redacted"] += 1
-                    for cls, n in res.sensitive.items():
-                        sensitive.labels(cls).inc(n)
+                    if res.sensitive:
+                        classes.update(res.sensitive)
                 else:
                     value = dead_letter_value(res, tp.topic, tp.partition, m.offset)
                     sent.append(await producer.send(s.topic_deadletter, value, partition=0))
                     outcome["deadletter"] += 1
-                    dead.labels(res.reason).inc()
+                    reasons[res.reason] += 1
             offsets[tp] = msgs[-1].offset + 1
         # aiokafka commits a transaction even if one of its records failed to send; a
         # failure raised here aborts it instead, so no event can be skipped silently.
         await asyncio.gather(*sent)
         await producer.send_offsets_to_transaction(offsets, GROUP_ID)
-    return outcome
+    return done
 
 
 def main() -> None:

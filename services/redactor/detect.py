@@ -22,7 +22,7 @@ over the text tells which passes have a candidate at all and where the first one
 gate pattern matches a prefix of everything its ``re`` pattern can match, so results are
 identical), and only those ``re`` passes run, from there (the e-mail pass needs no gate: it
 starts on the first "@", which ``str.find`` gives). Without it every pass runs from the
-start; ``set_accelerator(False)`` forces that path. Per text, Python work is kept to a
+start; ``set_engine("re")`` forces that path. Per text, Python work is kept to a
 few calls: most of the time goes to Hyperscan and to ``re`` in C (measured in
 benchmarks/detect_bench.py). Patterns are bounded so that no
 input makes them backtrack for long (content comes from users).
@@ -286,7 +286,7 @@ _PHONE_WORDS = (
 # The phone word must lead up to the number: no other number or line break in between.
 _PHONE_WORD_RE = r"(?i:\b(?:" + _PHONE_WORDS + r")\b)"
 _PHONE_GAP = 30
-_PHONE_CONTEXT = re.compile(_PHONE_WORD_RE + r"[^\d\n]{0,%d}$" % _PHONE_GAP, re.ASCII)
+_PHONE_CONTEXT = re.compile(_PHONE_WORD_RE + rf"[^\d\n]{{0,{_PHONE_GAP}}}$", re.ASCII)
 _PHONE_WINDOW = 40
 # Deletes the separators a phone pattern can match, leaving its digits.
 _ONLY_DIGITS = str.maketrans("", "", " .-()+")
@@ -523,7 +523,7 @@ def _bulk(text: str, emails: int, identifiers: int) -> bool:
         return True
     if text.count("\n") < BULK_RECORD_LINES - 1:
         return False
-    skeleton = text.encode().translate(None, _NOT_RECORD_BYTES)
+    skeleton = text.encode("utf-8", "surrogatepass").translate(None, _NOT_RECORD_BYTES)
     # each record line has 2+ delimiters: a cheap necessary condition before the line count
     if len(skeleton) - skeleton.count(b"\n") < 2 * BULK_RECORD_LINES:
         return False
@@ -703,7 +703,9 @@ def _hyperscan_gate() -> Callable[[str], list[int]]:
         except AttributeError:
             scratch = local.scratch = hyperscan.Scratch(db)
         at = [-1] * _PASSES
-        db_scan(text.encode(), _on_match, 0, at, scratch)  # positional: cheaper to call
+        # positional arguments: cheaper to call; surrogatepass: a lone surrogate (not valid
+        # UTF-8, but a Python str may hold one) gets bytes too instead of raising
+        db_scan(text.encode("utf-8", "surrogatepass"), _on_match, 0, at, scratch)
         if not text.isascii():  # byte offsets are character offsets only in ASCII text
             return [0 if k >= 0 else -1 for k in at]
         return at
@@ -792,9 +794,10 @@ def set_engine(name: str) -> bool:
         raise ValueError(f"unknown detection engine {name!r}; one of {ENGINES}")
     if name not in available_engines():
         return False
-    native = name == "native" and _NATIVE is not None
-    _native_scan = _NATIVE.scan if native else None
-    _native_scan_all = _NATIVE.scan_all if native else None
+    if name == "native" and _NATIVE is not None:
+        _native_scan, _native_scan_all = _NATIVE.scan, _NATIVE.scan_all
+    else:
+        _native_scan = _native_scan_all = None
     # the native core hands rare texts back to Python, which then uses its best prefilter
     _gate = _re_gate if name == "re" or _HYPERSCAN is None else _HYPERSCAN
     return True

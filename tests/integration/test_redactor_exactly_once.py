@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -63,6 +64,7 @@ class Outcome:
     blob: bytes = b""  # every committed byte of ours, for the leak check
     uncommitted: int = 0  # ours under read_uncommitted: includes aborted transactions
     numbers: dict[str, float] = field(default_factory=dict)
+    metrics: str = ""  # the restarted redactor's /metrics at the end
 
 
 def _user(i: int) -> str:
@@ -288,6 +290,10 @@ async def _scenario(state: Path, directory: Path) -> Outcome:
         await stream_task
         assert await watcher.wait_for(N, 60), f"{len(watcher.seen())} of {N} redacted"
         out.numbers["all_redacted_s"] = time.monotonic() - t0
+        url = procs.health_url(state, NAME)
+        assert url is not None
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+            out.metrics = resp.read().decode()
     finally:
         if stream_task is not None and not stream_task.done():
             stream_task.cancel()
@@ -335,6 +341,27 @@ def test_every_event_is_redacted_exactly_once_across_sigkill(outcome: Outcome) -
     assert not lost, f"{len(lost)} events lost"
     assert len(outcome.records) == N
     assert outcome.numbers["redacted_before_kill"] >= KILL_AT
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_service_reports_detection_engine_and_classes(outcome: Outcome) -> None:
+    """The running service uses the native detector core (bootstrap builds it) and counts
+    what it found per committed batch; its metrics hold no content."""
+    m = outcome.metrics
+    assert _metric(m, 'trustlog_redactor_detect_engine{engine="native"}') == 1.0, m[-2000:]
+    assert _metric(m, "trustlog_redactor_detect_handed_back_texts") == 0.0  # ASCII content
+    cards = _metric(m, 'trustlog_redactor_sensitive_classes_total{cls="payment_card"}')
+    redacted = _metric(m, 'trustlog_redactor_events_total{outcome="redacted"}')
+    assert redacted is not None and 0 < redacted <= N
+    # every 100th event carries one card; the restarted process saw part of the stream
+    assert cards is not None and 0 < cards <= N // 100
+    assert CANARY not in m
 
 
 def test_rotation_at_the_restart(outcome: Outcome) -> None:
