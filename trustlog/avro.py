@@ -60,7 +60,10 @@ class Codec:
             raise DecodeError("unknown_schema_fingerprint", data[2:HEADER_LEN].hex())
         body = io.BytesIO(data[HEADER_LEN:])
         try:
-            rec = fastavro.schemaless_reader(body, writer, self.schema)
+            # no reader schema for our own: fastavro would compare the two on every call
+            rec = fastavro.schemaless_reader(
+                body, writer, None if writer is self.schema else self.schema
+            )
         except UnicodeDecodeError as exc:
             raise DecodeError("invalid_utf8", type(exc).__name__) from None
         except Exception as exc:  # fastavro raises several types for truncated/garbled input

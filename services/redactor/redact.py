@@ -210,8 +210,13 @@ class Redactor:
             return ("invalid_policy_flag", "policy_flags")
         for f in self.scanned:
             v = ev.get(f)
-            # chars first: cheap, and a text with more chars than the cap has more bytes too
-            if v and (len(v) > self.max_content_bytes or len(v.encode()) > self.max_content_bytes):
+            # chars first: cheap, and a text with more chars than the cap has more bytes too;
+            # one with a quarter of them cannot have more (UTF-8 takes at most 4 per char)
+            if (
+                v
+                and len(v) * 4 > self.max_content_bytes
+                and (len(v) > self.max_content_bytes or len(v.encode()) > self.max_content_bytes)
+            ):
                 return ("oversized_content", f)
         t = ev["event_time"]
         t_ms = int(t.timestamp() * 1000) if isinstance(t, datetime) else int(t)

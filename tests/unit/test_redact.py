@@ -235,6 +235,21 @@ def test_pseudonym_is_hmac_sha256_of_the_normalised_id() -> None:
     assert Pseudonymizer({"1": key}, "1")(" Alice@Corp.com") == want
 
 
+def test_remembered_pseudonyms_are_the_computed_ones_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.redactor import identity
+
+    monkeypatch.setattr(identity, "CACHE_ENTRIES", 3)
+    key = b"k" * 32
+    p = Pseudonymizer({"1": key}, "1")
+    users = [f"user{i}@corp.com" for i in range(7)] * 2 + [" USER1@corp.com"]
+    assert [p(u) for u in users] == [identity.pseudonym(key, u) for u in users]
+    assert len(p._cache) <= 3
+    # a rotation is a new Pseudonymizer (the redactor restarts): nothing carries over
+    assert Pseudonymizer({"1": key, "2": b"j" * 32}, "2")(users[0]) != p(users[0])
+
+
 def test_key_settings_are_validated_without_quoting_secrets(no_env_files: Path) -> None:
     with pytest.raises(ValidationError, match="is not a version in TRUSTLOG_PSEUDONYM_KEYS"):
         _settings("3")
