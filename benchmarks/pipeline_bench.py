@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._machine import describe_machine
+from services.redactor import detect
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.md"
 REDACTOR_GROUP = "trustlog-redactor"  # services.redactor.app.GROUP_ID (fixed in the service)
@@ -508,8 +509,52 @@ def pipeline_cpu(res: Results) -> list[str]:
     ]
 
 
+def components(res: Results) -> tuple[list[str], list[str]]:
+    """CPU per event of each part of the pipeline, detection on its own: how many events per
+    second one core gives each part. The part that gives the fewest is the pipeline's
+    bottleneck (scaled out, every part gets cores in proportion to its cost)."""
+    parts: dict[str, float] = {}
+    if res.ingest:
+        parts["ingest (service + broker)"] = total_us(res.ingest)
+    if res.aggregator:
+        parts["aggregator (service + broker + ClickHouse)"] = total_us(res.aggregator)
+    detection: dict[str, float] = {}
+    for kind, label in KINDS.items():
+        on, off = res.redactor.get((kind, "on")), res.redactor.get((kind, "off"))
+        if not on or not off:
+            continue
+        parts[f"redactor without detection, {label} (service + broker)"] = total_us(off)
+        detection[label] = max(0.01, total_us(on) - total_us(off))
+    if not detection or len(parts) < 2:
+        return [], []
+    rows = [
+        "| part | CPU us/event | events/s per core |",
+        "|---|---:|---:|",
+        *(f"| {k} | {v:.0f} | {1e6 / v:,.0f} |" for k, v in parts.items()),
+        *(f"| **detection**, {k} | {v:.0f} | {1e6 / v:,.0f} |" for k, v in detection.items()),
+    ]
+    slowest = max(parts, key=lambda k: parts[k])
+    out = []
+    for label, d in detection.items():
+        if d < parts[slowest]:
+            out.append(
+                f"Per core, detection on {label} content ({d:.0f} us/event, {1e6 / d:,.0f} "
+                f"events/s) is cheaper than the costliest other part, {slowest} "
+                f"({parts[slowest]:.0f} us/event, {1e6 / parts[slowest]:,.0f} events/s): given "
+                "cores in proportion to cost, detection is not what limits the pipeline."
+            )
+        else:
+            out.append(
+                f"Per core, detection on {label} content ({d:.0f} us/event) costs more than "
+                f"every other part (costliest: {slowest}, {parts[slowest]:.0f} us/event): it "
+                "is the pipeline's bottleneck."
+            )
+    return rows, out
+
+
 def report(res: Results, args: argparse.Namespace, wall_s: float) -> str:
     ratios, share = ratio_table(res)
+    parts, part_verdict = components(res)
     cmd = shlex.join(["python", "-m", "benchmarks.pipeline_bench", *sys.argv[1:]])
     gen = (
         f" The load generator used {statistics.median(res.generator_busy):.0%} of a core."
@@ -539,8 +584,8 @@ def report(res: Results, args: argparse.Namespace, wall_s: float) -> str:
             'out" is `benchmarks/_redactor_nodetect.py`: the same service, started the same '
             "way, with `scan_all` replaced by a function returning no classes (benchmark only; "
             "no setting turns detection off). Raw events are those of "
-            "benchmarks/detect_bench.py: 600 B - 2 KB of prompt + reply from tests/corpus, "
-            "Hyperscan path.",
+            "benchmarks/detect_bench.py: 600 B - 2 KB of prompt + reply from tests/corpus; "
+            f"detection engine: {detect.engine()} (services/redactor/detect.py).",
             "",
             "## Stage rates",
             "",
@@ -551,9 +596,24 @@ def report(res: Results, args: argparse.Namespace, wall_s: float) -> str:
             *ratios,
             "",
             *pipeline_cpu(res),
+            "## Per part, per core",
+            "",
+            "Each stage above runs as one process. Scaled out (more partitions, more "
+            "processes) every part of the pipeline gets cores in proportion to its CPU per "
+            "event, so the part that costs the most per event limits what a given number of "
+            "cores sustains. Detection's cost is the redactor's CPU with detection minus "
+            "without (service and broker).",
+            "",
+            *parts,
+            "",
             "## Verdict",
             "",
+            "Two readings. Per stage (each one process, as measured above): is the redactor "
+            "with detection the slowest stage while without it it would not be? Per part, "
+            "per core: does detection cost more per event than any other part?",
+            "",
             *verdict(res, share),
+            *part_verdict,
             "",
         ]
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.pipeline_bench import Drain, Results, Sample, drain_from, verdict
+from benchmarks.pipeline_bench import Drain, Results, Sample, components, drain_from, verdict
 
 
 def _drain(rate: float, cpu_us: float, stage: str = "s", kind: str = "k") -> Drain:
@@ -94,3 +94,17 @@ def test_verdict_when_detection_costs_nothing_measurable_but_the_redactor_is_slo
     assert (
         "detection is not the bottleneck; the redactor is still slower than the ingest" in (text[2])
     )
+
+
+def test_parts_per_core_name_detection_only_when_it_costs_the_most() -> None:
+    # _drain gives the broker and ClickHouse no CPU: the parts are the services' own
+    res = _results(dense_on=(9_000, 11_000), dense_off=(26_000, 28_000))
+    rows, text = components(res)
+    table = "\n".join(rows)
+    assert "| ingest (service + broker) | 35 | 28,571 |" in table
+    assert "| **detection**, dense labelled corpus | 55 | 18,182 |" in table  # 85 - 30
+    assert "| **detection**, plain prose | 3 | 333,333 |" in table  # 34 - 31
+    assert "detection on dense labelled corpus content (55 us/event) costs more" in text[0]
+    assert "is the pipeline's bottleneck" in text[0]
+    assert "detection is not what limits the pipeline" in text[1]
+    assert "costliest other part, ingest (service + broker) (35 us/event" in text[1]
