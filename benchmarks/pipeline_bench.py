@@ -509,6 +509,15 @@ def pipeline_cpu(res: Results) -> list[str]:
     ]
 
 
+def us(v: float) -> str:
+    """CPU us/event; below 1 us the difference of two medians is noise, not a cost."""
+    return f"{v:.0f}" if v >= 1 else "<1"
+
+
+def per_core(v: float) -> str:
+    return f"{1e6 / v:,.0f}" if v >= 1 else "over 1,000,000"
+
+
 def components(res: Results) -> tuple[list[str], list[str]]:
     """CPU per event of each part of the pipeline, detection on its own: how many events per
     second one core gives each part. The part that gives the fewest is the pipeline's
@@ -531,14 +540,14 @@ def components(res: Results) -> tuple[list[str], list[str]]:
         "| part | CPU us/event | events/s per core |",
         "|---|---:|---:|",
         *(f"| {k} | {v:.0f} | {1e6 / v:,.0f} |" for k, v in parts.items()),
-        *(f"| **detection**, {k} | {v:.0f} | {1e6 / v:,.0f} |" for k, v in detection.items()),
+        *(f"| **detection**, {k} | {us(v)} | {per_core(v)} |" for k, v in detection.items()),
     ]
     slowest = max(parts, key=lambda k: parts[k])
     out = []
     for label, d in detection.items():
         if d < parts[slowest]:
             out.append(
-                f"Per core, detection on {label} content ({d:.0f} us/event, {1e6 / d:,.0f} "
+                f"Per core, detection on {label} content ({us(d)} us/event, {per_core(d)} "
                 f"events/s) is cheaper than the costliest other part, {slowest} "
                 f"({parts[slowest]:.0f} us/event, {1e6 / parts[slowest]:,.0f} events/s): given "
                 "cores in proportion to cost, detection is not what limits the pipeline."

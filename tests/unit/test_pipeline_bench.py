@@ -104,6 +104,8 @@ def test_parts_per_core_name_detection_only_when_it_costs_the_most() -> None:
     assert "| ingest (service + broker) | 35 | 28,571 |" in table
     assert "| **detection**, dense labelled corpus | 55 | 18,182 |" in table  # 85 - 30
     assert "| **detection**, plain prose | 3 | 333,333 |" in table  # 34 - 31
+    res.redactor[("prose", "on")] = _runs(21_000, 23_000, cpu_us=31.5)
+    assert "| **detection**, plain prose | <1 | over 1,000,000 |" in "\n".join(components(res)[0])
     assert "detection on dense labelled corpus content (55 us/event) costs more" in text[0]
     assert "is the pipeline's bottleneck" in text[0]
     assert "detection is not what limits the pipeline" in text[1]
