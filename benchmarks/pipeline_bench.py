@@ -617,9 +617,13 @@ def report(res: Results, args: argparse.Namespace, wall_s: float) -> str:
             "",
             "## Verdict",
             "",
-            "Two readings. Per stage (each one process, as measured above): is the redactor "
-            "with detection the slowest stage while without it it would not be? Per part, "
-            "per core: does detection cost more per event than any other part?",
+            "Two readings. Per stage, each one process as measured above: does detection make "
+            "the redactor the slowest stage, which without it would not be? Per part, per "
+            "core: does detection cost more per event than any other part of the pipeline? "
+            "The second decides whether detection is the bottleneck. Scaled out, every part "
+            "gets cores in proportion to its cost; and since the redactor's other work alone "
+            "costs about what ingest costs, the first reading asks in effect whether "
+            "detection is free.",
             "",
             *verdict(res, share),
             *part_verdict,
@@ -678,9 +682,9 @@ def verdict(res: Results, share: dict[str, float]) -> list[str]:
                        f"{name} ({lim:,.0f}/s): detection is not the bottleneck.")  # fmt: skip
         elif not slower(off, lim_runs):
             out.append(
-                f"On {label} content {cost}: detection is the bottleneck. With it the redactor "
-                f"({r_on:,.0f}/s) is the slowest stage, {r_on / lim:.2f}x the {name} "
-                f"({lim:,.0f}/s); stubbed out it would drain {r_off:,.0f}/s."
+                f"On {label} content {cost}: detection makes the redactor the slowest stage, "
+                f"at {r_on:,.0f}/s {r_on / lim:.2f}x the {name} ({lim:,.0f}/s); stubbed out it "
+                f"would drain {r_off:,.0f}/s."
             )
         else:
             out.append(
