@@ -18,14 +18,14 @@
 use std::collections::{HashMap, HashSet};
 
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
 use regex_automata::dfa::{dense, Automaton};
 use regex_automata::nfa::thompson;
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
-use pyo3::exceptions::PyValueError;
-use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
 
 /// The text needs a Unicode-aware decision (or PCRE2 reported an error, such as its JIT
 /// stack limit): the Python detector decides it instead.
@@ -41,8 +41,20 @@ type Res<T> = Result<T, Undecided>;
 
 // detect.py's passes, in its order; a gate pattern opens one of them.
 const PASS_NAMES: [&str; 15] = [
-    "secrets", "ibans", "cards", "ssn_dashed", "ssn_word", "plus", "double_zero",
-    "trunk_bracket", "national", "nanp", "weak_number", "phone_word", "header_words", "ipv4s",
+    "secrets",
+    "ibans",
+    "cards",
+    "ssn_dashed",
+    "ssn_word",
+    "plus",
+    "double_zero",
+    "trunk_bracket",
+    "national",
+    "nanp",
+    "weak_number",
+    "phone_word",
+    "header_words",
+    "ipv4s",
     "ipv6s",
 ];
 const SECRETS: u32 = 0;
@@ -92,18 +104,30 @@ fn back_chars(t: &[u8], mut pos: usize, mut n: usize) -> usize {
 }
 
 fn find_byte(t: &[u8], from: usize, b: u8) -> Option<usize> {
-    t.get(from..)?.iter().position(|&c| c == b).map(|i| from + i)
+    t.get(from..)?
+        .iter()
+        .position(|&c| c == b)
+        .map(|i| from + i)
 }
 
 /// Non-overlapping matches from `start`, as `re.findall` / `re.finditer` walk them.
-fn each_match(re: &Regex, t: &[u8], start: usize, mut f: impl FnMut(usize, usize) -> Res<()>) -> Res<()> {
+fn each_match(
+    re: &Regex,
+    t: &[u8],
+    start: usize,
+    mut f: impl FnMut(usize, usize) -> Res<()>,
+) -> Res<()> {
     let mut pos = start;
     while pos <= t.len() {
         match re.find_at(t, pos)? {
             None => break,
             Some(m) => {
                 f(m.start(), m.end())?;
-                pos = if m.end() > m.start() { m.end() } else { m.end() + 1 };
+                pos = if m.end() > m.start() {
+                    m.end()
+                } else {
+                    m.end() + 1
+                };
             }
         }
     }
@@ -132,7 +156,7 @@ fn luhn_ok(d: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn num(d: &[u8]) -> u32 {
@@ -166,7 +190,10 @@ fn card_brand_ok(d: &[u8]) -> bool {
     if p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) || p2 == 62 {
         return (16..=19).contains(&n);
     }
-    if matches!(p4, 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763) {
+    if matches!(
+        p4,
+        5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763
+    ) {
         return (12..=19).contains(&n);
     }
     if (56..=58).contains(&p2) {
@@ -253,7 +280,13 @@ struct Found {
 
 // Class labels as detect.CLASSES spells them; results list them in this order.
 const CLASSES: [&str; 8] = [
-    "secret", "email", "payment_card", "iban", "us_ssn", "phone", "ip_address",
+    "secret",
+    "email",
+    "payment_card",
+    "iban",
+    "us_ssn",
+    "phone",
+    "ip_address",
     "bulk_personal_data",
 ];
 
@@ -273,7 +306,9 @@ fn class_name<'py>(py: Python<'py>, i: usize) -> &'py Bound<'py, PyString> {
 
 impl Detector {
     fn scan_bytes(&self, t: &[u8]) -> Res<Found> {
-        let mut found = Found { classes: Vec::with_capacity(4) };
+        let mut found = Found {
+            classes: Vec::with_capacity(4),
+        };
         if t.is_empty() {
             return Ok(found);
         }
@@ -296,17 +331,29 @@ impl Detector {
             found.classes.push((1, emails));
         }
         let mut identifiers = emails;
-        let k = if on(CARDS) { self.card_count(t, from(CARDS))? } else { 0 };
+        let k = if on(CARDS) {
+            self.card_count(t, from(CARDS))?
+        } else {
+            0
+        };
         if k > 0 {
             found.classes.push((2, k));
             identifiers += k;
         }
-        let k = if on(IBANS) { self.iban_count(t, from(IBANS))? } else { 0 };
+        let k = if on(IBANS) {
+            self.iban_count(t, from(IBANS))?
+        } else {
+            0
+        };
         if k > 0 {
             found.classes.push((3, k));
             identifiers += k;
         }
-        let mut k = if on(SSN_DASHED) { count(&self.ssn, t, from(SSN_DASHED))? } else { 0 };
+        let mut k = if on(SSN_DASHED) {
+            count(&self.ssn, t, from(SSN_DASHED))?
+        } else {
+            0
+        };
         if on(SSN_WORD) {
             k += count(&self.ssn_ctx, t, from(SSN_WORD))?;
         }
@@ -319,7 +366,11 @@ impl Detector {
             found.classes.push((5, k));
             identifiers += k;
         }
-        let mut ips = if on(IPV4S) { self.ipv4_count(t, from(IPV4S))? } else { 0 };
+        let mut ips = if on(IPV4S) {
+            self.ipv4_count(t, from(IPV4S))?
+        } else {
+            0
+        };
         if on(IPV6S) {
             ips += self.ipv6_count(t, from(IPV6S))?;
         }
@@ -362,9 +413,9 @@ impl Detector {
         }
         for (i, &b) in t.iter().enumerate() {
             let mut special = false;
-            for g in 0..GATE_DFAS {
-                sid[g] = self.gate[g].next_state(sid[g], b);
-                special |= self.gate[g].is_special_state(sid[g]);
+            for (s, dfa) in sid.iter_mut().zip(&self.gate) {
+                *s = dfa.next_state(*s, b);
+                special |= dfa.is_special_state(*s);
             }
             match LINE_CLASS[usize::from(b)] {
                 0 => {}
@@ -376,22 +427,26 @@ impl Detector {
                 }
             }
             if special {
-                for g in 0..GATE_DFAS {
+                for (g, (&s, dfa)) in sid.iter().zip(&self.gate).enumerate() {
                     // unanchored with every match kept: never dead; no quit bytes configured
-                    if self.gate[g].is_match_state(sid[g]) {
-                        record(g, sid[g], i);
+                    if dfa.is_match_state(s) {
+                        record(g, s, i);
                     }
                 }
             }
         }
-        for g in 0..GATE_DFAS {
-            let eoi = self.gate[g].next_eoi_state(sid[g]);
-            if self.gate[g].is_match_state(eoi) {
+        for (g, (&s, dfa)) in sid.iter().zip(&self.gate).enumerate() {
+            let eoi = dfa.next_eoi_state(s);
+            if dfa.is_match_state(eoi) {
                 record(g, eoi, t.len());
             }
         }
         record_lines += usize::from(delims >= 2);
-        Ok(Survey { at, newlines, record_lines })
+        Ok(Survey {
+            at,
+            newlines,
+            record_lines,
+        })
     }
 
     fn email_count(&self, t: &[u8], ascii: bool) -> Res<usize> {
@@ -409,10 +464,13 @@ impl Detector {
                     return Err(Undecided);
                 }
                 let mut q = p + 1;
-                while q < t.len() && (t[q].is_ascii_alphanumeric() || t[q] == b'.' || t[q] == b'-') {
+                while q < t.len() && (t[q].is_ascii_alphanumeric() || t[q] == b'.' || t[q] == b'-')
+                {
                     q += 1;
                 }
-                if q < t.len() && (t[q] >= 0x80 || (t[q] == b':' && t.get(q + 1).is_some_and(|&c| c >= 0x80))) {
+                if q < t.len()
+                    && (t[q] >= 0x80 || (t[q] == b':' && t.get(q + 1).is_some_and(|&c| c >= 0x80)))
+                {
                     return Err(Undecided);
                 }
                 at = find_byte(t, p + 1, b'@');
@@ -430,7 +488,11 @@ impl Detector {
                     n += 1;
                 }
             }
-            pos = if m.end() > m.start() { m.end() } else { m.end() + 1 };
+            pos = if m.end() > m.start() {
+                m.end()
+            } else {
+                m.end() + 1
+            };
         }
         Ok(n)
     }
@@ -518,7 +580,11 @@ impl Detector {
                         }
                     }
                 }
-                pos = if m.end() > m.start() { m.end() } else { m.end() + 1 };
+                pos = if m.end() > m.start() {
+                    m.end()
+                } else {
+                    m.end() + 1
+                };
             }
         }
         if !(on(WEAK_NUMBER) && on(PHONE_WORD)) {
@@ -604,7 +670,9 @@ impl Detector {
             };
             pos = m.end();
             // the empty group that took part marks where the first octet starts
-            let start = (1..locs.len()).find_map(|i| locs.get(i)).map_or(m.start(), |(s, _)| s);
+            let start = (1..locs.len())
+                .find_map(|i| locs.get(i))
+                .map_or(m.start(), |(s, _)| s);
             if start > 0 && t[start - 1] >= 0x80 {
                 return Err(Undecided); // `str.isdigit` of a non-ASCII character
             }
@@ -662,8 +730,11 @@ impl Detector {
     }
 
     fn personal_header(&self, line: &[u8]) -> bool {
-        let joined: Vec<u8> =
-            line.iter().map(u8::to_ascii_lowercase).filter(|c| !b" _-".contains(c)).collect();
+        let joined: Vec<u8> = line
+            .iter()
+            .map(u8::to_ascii_lowercase)
+            .filter(|c| !b" _-".contains(c))
+            .collect();
         let fields: HashSet<&[u8]> = joined
             .split(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
             .filter(|f| self.personal_columns.contains(*f))
@@ -671,7 +742,14 @@ impl Detector {
         fields.len() >= 2
     }
 
-    fn bulk(&self, t: &[u8], survey: &Survey, ascii: bool, emails: usize, identifiers: usize) -> Res<bool> {
+    fn bulk(
+        &self,
+        t: &[u8],
+        survey: &Survey,
+        ascii: bool,
+        emails: usize,
+        identifiers: usize,
+    ) -> Res<bool> {
         let lines_needed = self.bulk_record_lines;
         if emails >= self.bulk_emails {
             return Ok(true);
@@ -691,7 +769,11 @@ impl Detector {
             Ok(())
         })?;
         let first = &lines[..lines.len().min(4)];
-        if first.iter().take(2).any(|&(s, e)| self.personal_header(&t[s..e])) {
+        if first
+            .iter()
+            .take(2)
+            .any(|&(s, e)| self.personal_header(&t[s..e]))
+        {
             return Ok(true);
         }
         let mut with_address = 0;
@@ -713,7 +795,10 @@ impl Detector {
 }
 
 fn in_table_row(t: &[u8], pos: usize) -> bool {
-    let line_start = t[..pos].iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    let line_start = t[..pos]
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .map_or(0, |i| i + 1);
     let line_end = find_byte(t, pos, b'\n').unwrap_or(t.len());
     t[line_start..line_end].iter().any(|&c| is_delim(c))
 }
@@ -805,8 +890,9 @@ impl Detector {
                     .map_err(|e| PyValueError::new_err(format!("gate patterns: {e}")))?,
             );
         }
-        let gate: [dense::DFA<Vec<u32>>; GATE_DFAS] =
-            dfas.try_into().map_err(|_| PyValueError::new_err("gate DFAs"))?;
+        let gate: [dense::DFA<Vec<u32>>; GATE_DFAS] = dfas
+            .try_into()
+            .map_err(|_| PyValueError::new_err("gate DFAs"))?;
         Ok(Detector {
             gate,
             gate_pass,
@@ -822,7 +908,10 @@ impl Detector {
             ipv6: get("ipv6")?,
             ipv6_address: anchored("ipv6_address", true)?,
             phone_intl: intl,
-            phone_nanp: phone_nanp.iter().map(|s| compile("phone_nanp", s, false)).collect::<PyResult<_>>()?,
+            phone_nanp: phone_nanp
+                .iter()
+                .map(|s| compile("phone_nanp", s, false))
+                .collect::<PyResult<_>>()?,
             phone_weak: get("phone_weak")?,
             national_strong: anchored("national_strong", true)?,
             phone_word: get("phone_word")?,
@@ -832,7 +921,10 @@ impl Detector {
             address: get("address")?,
             iban_len: lens,
             tld_ok: tld_ok.into_iter().map(String::into_bytes).collect(),
-            personal_columns: personal_columns.into_iter().map(String::into_bytes).collect(),
+            personal_columns: personal_columns
+                .into_iter()
+                .map(String::into_bytes)
+                .collect(),
             bulk_emails,
             bulk_record_lines,
             phone_window,
@@ -842,7 +934,11 @@ impl Detector {
 
     /// Class -> count for `text` (only the classes found), or None when the text needs a
     /// Unicode-aware decision that only the Python detector makes exactly.
-    fn scan<'py>(&self, py: Python<'py>, text: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyDict>>> {
+    fn scan<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.total(py, std::iter::once(text.clone()))
     }
 
@@ -873,9 +969,12 @@ impl Detector {
             let Ok(text) = text.cast::<PyString>()?.to_str() else {
                 return Ok(None);
             };
-            match self.scan_bytes(text.as_bytes()) {
-                Err(Undecided) => return Ok(None),
-                Ok(found) => {
+            // A bug that panics must not take the redactor down (a PanicException is no
+            // Exception to its error handling): the text goes to the Python detector instead.
+            let scanned = std::panic::catch_unwind(|| self.scan_bytes(text.as_bytes()));
+            match scanned {
+                Err(_) | Ok(Err(Undecided)) => return Ok(None),
+                Ok(Ok(found)) => {
                     for (class, k) in found.classes {
                         total[class] += k;
                     }
