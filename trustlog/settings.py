@@ -149,7 +149,10 @@ class RedactorSettings(ServiceSettings):
     pseudonym_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     pseudonym_key_version: str = "1"
     directory_file: Path | None = None  # user id -> team, for producers that send no team
-    batch_max_records: int = 2000
+    # Events per transaction at most. One transaction's commit is a round trip the loop waits
+    # for: with 2,000 the redactor sat idle 15-20% of the time at full load; 5,000 (about
+    # 0.2 s of work then) halves that. Under light load batches are as small as what arrived.
+    batch_max_records: int = Field(default=5000, ge=1, le=50_000)
     max_content_bytes: int = 1024 * 1024
     max_clock_skew_hours: float = 24.0
     max_event_age_days: float = 7.0
