@@ -620,10 +620,9 @@ def report(res: Results, args: argparse.Namespace, wall_s: float) -> str:
             "Two readings. Per stage, each one process as measured above: does detection make "
             "the redactor the slowest stage, which without it would not be? Per part, per "
             "core: does detection cost more per event than any other part of the pipeline? "
-            "The second decides whether detection is the bottleneck. Scaled out, every part "
-            "gets cores in proportion to its cost; and since the redactor's other work alone "
-            "costs about what ingest costs, the first reading asks in effect whether "
-            "detection is free.",
+            "The second decides whether detection is the bottleneck of a deployment: scaled "
+            "out, every part gets cores in proportion to its cost. The first is what one "
+            "process per stage, as on this machine, gets.",
             "",
             *verdict(res, share),
             *part_verdict,
