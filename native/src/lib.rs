@@ -103,6 +103,32 @@ fn back_chars(t: &[u8], mut pos: usize, mut n: usize) -> usize {
     pos
 }
 
+/// The character starting at byte `i` of UTF-8 text.
+fn char_at(t: &[u8], i: usize) -> Option<char> {
+    let len = match t.get(i)? {
+        b if *b < 0x80 => 1,
+        b if *b >= 0xF0 => 4,
+        b if *b >= 0xE0 => 3,
+        _ => 2,
+    };
+    std::str::from_utf8(t.get(i..i + len)?).ok()?.chars().next()
+}
+
+/// Whether the character at byte `i` may be a word character to Python's `re` (or a digit to
+/// `str.isdigit`): Rust's `is_alphanumeric` (Alphabetic or Numeric) takes in every character
+/// Python's `str.isalnum` does. Punctuation, symbols, spaces and emoji are not, to either.
+fn maybe_word(t: &[u8], i: usize) -> bool {
+    char_at(t, i).is_none_or(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// Whether a stretch of UTF-8 text holds a non-ASCII letter or digit.
+fn has_non_ascii_word(t: &[u8]) -> bool {
+    !t.is_ascii()
+        && std::str::from_utf8(t).map_or(true, |s| {
+            s.chars().any(|c| !c.is_ascii() && c.is_alphanumeric())
+        })
+}
+
 fn find_byte(t: &[u8], from: usize, b: u8) -> Option<usize> {
     t.get(from..)?
         .iter()
@@ -460,7 +486,7 @@ impl Detector {
             // also take the Kelvin sign there). Non-ASCII at either: Python decides.
             let mut at = Some(first);
             while let Some(p) = at {
-                if p > 0 && t[p - 1] >= 0x80 {
+                if p > 0 && t[p - 1] >= 0x80 && maybe_word(t, back_chars(t, p, 1)) {
                     return Err(Undecided);
                 }
                 let mut q = p + 1;
@@ -469,7 +495,10 @@ impl Detector {
                     q += 1;
                 }
                 if q < t.len()
-                    && (t[q] >= 0x80 || (t[q] == b':' && t.get(q + 1).is_some_and(|&c| c >= 0x80)))
+                    && ((t[q] >= 0x80 && maybe_word(t, q))
+                        || (t[q] == b':'
+                            && t.get(q + 1).is_some_and(|&c| c >= 0x80)
+                            && maybe_word(t, q + 1)))
                 {
                     return Err(Undecided);
                 }
@@ -673,7 +702,7 @@ impl Detector {
             let start = (1..locs.len())
                 .find_map(|i| locs.get(i))
                 .map_or(m.start(), |(s, _)| s);
-            if start > 0 && t[start - 1] >= 0x80 {
+            if start > 0 && t[start - 1] >= 0x80 && maybe_word(t, back_chars(t, start, 1)) {
                 return Err(Undecided); // `str.isdigit` of a non-ASCII character
             }
             let lo = back_chars(t, start, 16);
@@ -702,8 +731,8 @@ impl Detector {
                 }
                 if c0 == b'.' {
                     if let Some(&c1) = t.get(e + 1) {
-                        if c1 >= 0x80 {
-                            return Err(Undecided);
+                        if c1 >= 0x80 && maybe_word(t, e + 1) {
+                            return Err(Undecided); // `str.isdigit` of a non-ASCII character
                         }
                         if c1.is_ascii_digit() {
                             return Ok(()); // an IPv4 tail (::ffff:1.2.3.4)
@@ -760,24 +789,28 @@ impl Detector {
         if identifiers >= lines_needed {
             return Ok(true);
         }
-        if !ascii {
-            return Err(Undecided); // `str.lower` and Unicode `\b`/`\d` on the rows
-        }
+        // `str.lower` and Unicode `\b`/`\d` on a row with a non-ASCII letter or digit:
+        // Python decides (other non-ASCII characters are neither, to both)
+        let unicode_row = |(s, e): (usize, usize)| !ascii && has_non_ascii_word(&t[s..e]);
         let mut lines: Vec<(usize, usize)> = Vec::new();
         each_match(&self.record_line, t, 0, |s, e| {
             lines.push((s, e));
             Ok(())
         })?;
         let first = &lines[..lines.len().min(4)];
-        if first
-            .iter()
-            .take(2)
-            .any(|&(s, e)| self.personal_header(&t[s..e]))
-        {
-            return Ok(true);
+        for &(s, e) in first.iter().take(2) {
+            if unicode_row((s, e)) {
+                return Err(Undecided);
+            }
+            if self.personal_header(&t[s..e]) {
+                return Ok(true);
+            }
         }
         let mut with_address = 0;
         for &(s, e) in first {
+            if unicode_row((s, e)) {
+                return Err(Undecided);
+            }
             if self.address.is_match(&t[s..e])? {
                 with_address += 1;
             }
@@ -786,6 +819,9 @@ impl Detector {
             return Ok(false);
         }
         for &(s, e) in &lines[first.len()..] {
+            if unicode_row((s, e)) {
+                return Err(Undecided);
+            }
             if self.address.is_match(&t[s..e])? {
                 with_address += 1;
             }

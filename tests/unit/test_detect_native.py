@@ -78,6 +78,11 @@ def test_unicode_rules_go_back_to_python(text: str) -> None:
         "\u201cCall me\u201d on 020 7946 0958 \U0001f44d",
         "IBAN DE89 3704 0044 0532 0130 00 \u00fcberwiesen",
         "Stra\u00dfe 5, ssn 123-45-6789, mail cafe@example.com, tsch\u00fcss",
+        # typography next to the places the Unicode rules look at: neither word nor digit
+        "write to \u201cann@example.com\u201d \u2014 or \u2018bob@example.org\u2019",
+        "background: url(\u201cimg/hero@2x.png\u201d); host\u00a010.0.0.1 \u2014 ok",
+        "mail ann@example.com:\u2014 and \U0001f44d@example.com and fe80::1.\u2014",
+        "\n".join(f"Ann{i}, ann{i}@example.com, 12 Main Street \u2014 \u2713" for i in range(25)),
     ],
 )
 def test_other_non_ascii_text_stays_native(text: str) -> None:
