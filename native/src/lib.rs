@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use aho_corasick::{AhoCorasick, MatchKind as AcMatchKind};
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -253,6 +254,7 @@ struct Detector {
     /// per DFA and its pattern: (gate pattern id, pass, back)
     gate_pass: [Vec<(usize, usize, usize)>; GATE_DFAS],
     secret: Regex,
+    secret_literals: AhoCorasick,
     email: Regex,
     iban: Regex,
     iban_head: Regex,
@@ -785,9 +787,12 @@ impl Detector {
         let mut found = Found {
             classes: Vec::with_capacity(2),
         };
-        let k = count(&self.secret, t, 0)?;
-        if k > 0 {
-            found.classes.push((0, k));
+        // every secret match starts at or after one of these literals
+        if let Some(lit) = self.secret_literals.find(t) {
+            let k = count(&self.secret, t, lit.start())?;
+            if k > 0 {
+                found.classes.push((0, k));
+            }
         }
         let emails = self.email_count(t, ascii)?;
         if emails > 0 {
@@ -897,11 +902,12 @@ impl Detector {
     /// `patterns`: name -> (Python `re` source, MULTILINE); `phone_intl`: (source, lowest and
     /// highest digit count of group "n"). Everything else is detect.py's constants.
     #[new]
-    #[pyo3(signature = (*, gates, patterns, phone_intl, phone_nanp, iban_len, tld_ok, personal_columns,
+    #[pyo3(signature = (*, gates, secret_literals, patterns, phone_intl, phone_nanp, iban_len, tld_ok, personal_columns,
                         bulk_emails, bulk_record_lines, phone_window, phone_gap))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         gates: Vec<(String, String, bool, usize)>,
+        secret_literals: Vec<String>,
         patterns: HashMap<String, (String, bool)>,
         phone_intl: Vec<(String, usize, usize)>,
         phone_nanp: Vec<String>,
@@ -986,6 +992,12 @@ impl Detector {
             gate,
             gate_pass,
             secret: get("secret")?,
+            // case-insensitive: a superset of what the pattern needs, and one automaton
+            secret_literals: AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(AcMatchKind::LeftmostFirst)
+                .build(&secret_literals)
+                .map_err(|e| PyValueError::new_err(format!("secret literals: {e}")))?,
             email: get("email")?,
             iban: get("iban")?,
             iban_head: get("iban_head")?,

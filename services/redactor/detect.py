@@ -71,6 +71,15 @@ _SECRET = re.compile(
     re.ASCII,
 )
 
+# Every _SECRET match contains one of these (ASCII case aside) at or before its start: the
+# native core looks for them first in text that has no digit. Kept in step with _SECRET by
+# tests/unit/test_detect.py (each alternative of the pattern is checked against the list).
+_SECRET_LITERALS = (
+    "-----BEGIN ", ".slack.com/services/", "github_pat_", "aws_secret_access_key", "sk-",
+    "eyJ", *(f"gh{c}_" for c in "pousr"), *(f"xox{c}-" for c in "abeprs"),
+    *(f"A{p}" for p in ("KIA", "SIA", "GPA", "IDA", "ROA", "IPA", "NPA", "NVA", "PKA")),
+)  # fmt: skip
+
 # ---- e-mail ----------------------------------------------------------------------------
 # Generic TLDs seen in practice plus every two-letter country code except file extensions
 # that appear after an ``@`` in code (js, ts, md, py). An allow-list rather than "any
@@ -755,6 +764,7 @@ def _load_native() -> Any | None:
             (src.decode("ascii"), _PASS_NAMES[k], caseless, back)
             for (src, k, caseless, _), back in zip(_HS_GATES, _GATE_BACK, strict=True)
         ],
+        secret_literals=list(_SECRET_LITERALS),
         patterns={name: _pcre(p) for name, p in patterns.items()},
         phone_intl=[(_pcre(p)[0], lo, hi) for p, lo, hi in _PHONE_INTL],
         phone_nanp=[_pcre(p)[0] for p in _PHONE_NANP],

@@ -168,6 +168,37 @@ def test_native_core_is_built() -> None:
     assert detect.engine() == "native"  # the default wherever it is built
 
 
+def test_every_secret_pattern_needs_one_of_the_secret_literals() -> None:
+    """The native core scans digit-free text for secrets only after one of _SECRET_LITERALS:
+    each alternative of _SECRET must require one. Checked on a sample of every alternative,
+    and by cutting the literal out of it (the pattern must then find nothing)."""
+    import re
+
+    from services.redactor import detect
+
+    samples = [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "AGPAIOSFODNN7EXAMPLE",
+        "AIDAIOSFODNN7EXAMPLE", "AROAIOSFODNN7EXAMPLE", "AIPAIOSFODNN7EXAMPLE",
+        "ANPAIOSFODNN7EXAMPLE", "ANVAIOSFODNN7EXAMPLE", "APKAIOSFODNN7EXAMPLE",
+        *(f"gh{c}_" + "a" * 36 for c in "pousr"),
+        "github_pat_" + "a" * 22,
+        *(f"xox{c}-1234567890" for c in "abeprs"),
+        "https://hooks.slack.com/services/T0123456/B0123456/abcdefghijklmnopqrstuvwx",
+        "sk-proj-" + "a" * 20, "sk-" + "aB3" * 11, "sk-ant-" + "a" * 20,
+        "eyJhbGciOiJI.eyJzdWIiOiJ.abcdefghijk",
+        "AWS_SECRET_ACCESS_KEY = " + "A" * 40, "aws_secret_access_key: " + "b" * 40,
+    ]  # fmt: skip
+    for text in samples:
+        assert detect._SECRET.search(text), text
+        hits = [lit for lit in detect._SECRET_LITERALS if lit.lower() in text.lower()]
+        assert hits, f"no literal in {text!r}"
+        cut = text
+        for lit in hits:
+            cut = re.sub(re.escape(lit), "", cut, flags=re.IGNORECASE)
+        assert not detect._SECRET.search(cut), f"{text!r} matches without its literal"
+
+
 def test_unknown_or_missing_engine_is_refused() -> None:
     from services.redactor import detect
 
