@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aho_corasick::{AhoCorasick, MatchKind as AcMatchKind};
+use aho_corasick::{AhoCorasick, Input as AcInput, MatchKind as AcMatchKind};
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -131,10 +131,7 @@ fn has_non_ascii_word(t: &[u8]) -> bool {
 }
 
 fn find_byte(t: &[u8], from: usize, b: u8) -> Option<usize> {
-    t.get(from..)?
-        .iter()
-        .position(|&c| c == b)
-        .map(|i| from + i)
+    memchr::memchr(b, t.get(from..)?).map(|i| from + i)
 }
 
 /// Non-overlapping matches from `start`, as `re.findall` / `re.finditer` walk them.
@@ -254,7 +251,9 @@ struct Detector {
     /// per DFA and its pattern: (gate pattern id, pass, back)
     gate_pass: [Vec<(usize, usize, usize)>; GATE_DFAS],
     secret: Regex,
-    secret_literals: AhoCorasick,
+    /// detect.py's _SECRET_LITERALS: case-sensitive ones, case-insensitive ones, and per
+    /// pattern of each whether a word character may stand before it
+    secret_literals: [(AhoCorasick, Vec<bool>); 2],
     email: Regex,
     iban: Regex,
     iban_head: Regex,
@@ -783,13 +782,35 @@ impl Detector {
         fields.len() >= 2
     }
 
+    /// Where the first of detect.py's _SECRET_LITERALS that could begin a secret stands.
+    fn first_secret_literal(&self, t: &[u8]) -> Option<usize> {
+        let mut first: Option<usize> = None;
+        for (ac, word_ok) in &self.secret_literals {
+            let mut pos = 0;
+            // leftmost matches (found with the SIMD prefilter); after one that cannot begin a
+            // secret, the next search starts one byte on, so overlapping literals are seen
+            while let Some(m) = ac.find(AcInput::new(t).span(pos..t.len())) {
+                if first.is_some_and(|f| m.start() >= f) {
+                    break;
+                }
+                // `(?<!\w)` in the pattern: not right after an ASCII word character
+                if word_ok[m.pattern().as_usize()] || m.start() == 0 || !is_word(t[m.start() - 1]) {
+                    first = Some(m.start());
+                    break;
+                }
+                pos = m.start() + 1;
+            }
+        }
+        first
+    }
+
     fn scan_digit_free(&self, t: &[u8], ascii: bool) -> Res<Found> {
         let mut found = Found {
             classes: Vec::with_capacity(2),
         };
         // every secret match starts at or after one of these literals
-        if let Some(lit) = self.secret_literals.find(t) {
-            let k = count(&self.secret, t, lit.start())?;
+        if let Some(start) = self.first_secret_literal(t) {
+            let k = count(&self.secret, t, start)?;
             if k > 0 {
                 found.classes.push((0, k));
             }
@@ -806,7 +827,7 @@ impl Detector {
         if ips > 0 {
             found.classes.push((6, ips));
         }
-        let newlines = t.iter().fold(0usize, |n, &b| n + usize::from(b == b'\n'));
+        let newlines = memchr::memchr_iter(b'\n', t).count();
         let survey = Survey {
             at: [usize::MAX; 15],
             newlines,
@@ -881,6 +902,23 @@ impl Detector {
     }
 }
 
+fn secret_automata(literals: &[(String, bool, bool)]) -> PyResult<[(AhoCorasick, Vec<bool>); 2]> {
+    let build = |caseless: bool| -> PyResult<(AhoCorasick, Vec<bool>)> {
+        let (pats, word_ok): (Vec<&str>, Vec<bool>) = literals
+            .iter()
+            .filter(|(_, c, _)| *c == caseless)
+            .map(|(lit, _, ok)| (lit.as_str(), *ok))
+            .unzip();
+        let ac = AhoCorasick::builder()
+            .ascii_case_insensitive(caseless)
+            .match_kind(AcMatchKind::LeftmostFirst)
+            .build(pats)
+            .map_err(|e| PyValueError::new_err(format!("secret literals: {e}")))?;
+        Ok((ac, word_ok))
+    };
+    Ok([build(false)?, build(true)?])
+}
+
 /// Lines with two or more field delimiters.
 fn record_lines(t: &[u8]) -> usize {
     t.split(|&b| b == b'\n')
@@ -907,7 +945,7 @@ impl Detector {
     #[allow(clippy::too_many_arguments)]
     fn new(
         gates: Vec<(String, String, bool, usize)>,
-        secret_literals: Vec<String>,
+        secret_literals: Vec<(String, bool, bool)>,
         patterns: HashMap<String, (String, bool)>,
         phone_intl: Vec<(String, usize, usize)>,
         phone_nanp: Vec<String>,
@@ -992,12 +1030,7 @@ impl Detector {
             gate,
             gate_pass,
             secret: get("secret")?,
-            // case-insensitive: a superset of what the pattern needs, and one automaton
-            secret_literals: AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .match_kind(AcMatchKind::LeftmostFirst)
-                .build(&secret_literals)
-                .map_err(|e| PyValueError::new_err(format!("secret literals: {e}")))?,
+            secret_literals: secret_automata(&secret_literals)?,
             email: get("email")?,
             iban: get("iban")?,
             iban_head: get("iban_head")?,

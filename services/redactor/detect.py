@@ -71,13 +71,16 @@ _SECRET = re.compile(
     re.ASCII,
 )
 
-# Every _SECRET match contains one of these (ASCII case aside) at or before its start: the
-# native core looks for them first in text that has no digit. Kept in step with _SECRET by
-# tests/unit/test_detect.py (each alternative of the pattern is checked against the list).
+# Every _SECRET match starts at or after one of these literals: (literal, whether ASCII case
+# is ignored, whether a word character may stand right before it). The native core looks for
+# them first in text that has no digit. Kept in step with _SECRET by tests/unit/test_detect.py.
 _SECRET_LITERALS = (
-    "-----BEGIN ", ".slack.com/services/", "github_pat_", "aws_secret_access_key", "sk-",
-    "eyJ", *(f"gh{c}_" for c in "pousr"), *(f"xox{c}-" for c in "abeprs"),
-    *(f"A{p}" for p in ("KIA", "SIA", "GPA", "IDA", "ROA", "IPA", "NPA", "NVA", "PKA")),
+    ("-----BEGIN ", False, True), (".slack.com/services/", False, True),
+    ("aws_secret_access_key", True, True), ("github_pat_", False, False), ("sk-", False, False),
+    ("eyJ", False, False), *((f"gh{c}_", False, False) for c in "pousr"),
+    *((f"xox{c}-", False, False) for c in "abeprs"),
+    *((f"A{p}", False, False)
+      for p in ("KIA", "SIA", "GPA", "IDA", "ROA", "IPA", "NPA", "NVA", "PKA")),
 )  # fmt: skip
 
 # ---- e-mail ----------------------------------------------------------------------------
@@ -764,7 +767,7 @@ def _load_native() -> Any | None:
             (src.decode("ascii"), _PASS_NAMES[k], caseless, back)
             for (src, k, caseless, _), back in zip(_HS_GATES, _GATE_BACK, strict=True)
         ],
-        secret_literals=list(_SECRET_LITERALS),
+        secret_literals=[(lit, caseless, word_ok) for lit, caseless, word_ok in _SECRET_LITERALS],
         patterns={name: _pcre(p) for name, p in patterns.items()},
         phone_intl=[(_pcre(p)[0], lo, hi) for p, lo, hi in _PHONE_INTL],
         phone_nanp=[_pcre(p)[0] for p in _PHONE_NANP],

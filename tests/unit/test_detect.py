@@ -169,9 +169,10 @@ def test_native_core_is_built() -> None:
 
 
 def test_every_secret_pattern_needs_one_of_the_secret_literals() -> None:
-    """The native core scans digit-free text for secrets only after one of _SECRET_LITERALS:
-    each alternative of _SECRET must require one. Checked on a sample of every alternative,
-    and by cutting the literal out of it (the pattern must then find nothing)."""
+    """The native core scans digit-free text for secrets only from the first of
+    _SECRET_LITERALS it finds (with its case and word-boundary rule): each alternative of
+    _SECRET must require one. Checked on a sample of every alternative: with the literal cut
+    out, or a letter put before it where the list says none may stand, nothing matches."""
     import re
 
     from services.redactor import detect
@@ -191,12 +192,21 @@ def test_every_secret_pattern_needs_one_of_the_secret_literals() -> None:
     ]  # fmt: skip
     for text in samples:
         assert detect._SECRET.search(text), text
-        hits = [lit for lit in detect._SECRET_LITERALS if lit.lower() in text.lower()]
+        hits = [
+            (lit, caseless, word_ok)
+            for lit, caseless, word_ok in detect._SECRET_LITERALS
+            if (lit.lower() in text.lower() if caseless else lit in text)
+        ]
         assert hits, f"no literal in {text!r}"
         cut = text
-        for lit in hits:
-            cut = re.sub(re.escape(lit), "", cut, flags=re.IGNORECASE)
+        for lit, caseless, _ in hits:
+            cut = re.sub(re.escape(lit), "", cut, flags=re.IGNORECASE if caseless else 0)
         assert not detect._SECRET.search(cut), f"{text!r} matches without its literal"
+        if not any(word_ok for _, _, word_ok in hits):
+            glued = text
+            for lit, _, _ in hits:
+                glued = glued.replace(lit, "q" + lit)
+            assert not detect._SECRET.search(glued), f"{glued!r} matches after a letter"
 
 
 def test_unknown_or_missing_engine_is_refused() -> None:
