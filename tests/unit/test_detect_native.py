@@ -104,6 +104,8 @@ _PIECES = [
     "1:2:3:4:5:6:7:8", "AKIAIOSFODNN7EXAMPLE", "ghp_" + "a" * 36, "sk-" + "a1B2" * 10,
     "xoxb-123456789012-abcdefghij", "eyJhbGciOi.eyJzdWIiOi.abcdefghijk",
     "-----BEGIN RSA PRIVATE KEY-----", "aws_secret_access_key = " + "A" * 40,
+    "AwS_SeCrEt_AcCeSs_KeY: " + "b" * 40, "my_aws_secret_access_key=" + "c" * 40,
+    "task-sk-" + "aB" * 20, "ask-", "risk-free", "Asia", "ghost_", "eyJust",
     "name,email,phone", "first_name\tlast_name", "12 Main Street", "Hauptstr. 5",
     "Tel", "fax", "ext. 12", "x1234", "\n", ",", ";", "|", "\t", " ", ".", "-", ":", "@",
     "\u00e9", "\u212a", "\u017f", "\u0663", "\u00b2", "\u2014", "\u201c", "\U0001f600",
