@@ -158,6 +158,35 @@ fn each_match(
     Ok(())
 }
 
+/// `each_match` for a pattern whose groups matter: `f` gets the match's start and its groups.
+fn each_capture(
+    re: &Regex,
+    t: &[u8],
+    start: usize,
+    mut f: impl FnMut(usize, &CaptureLocations) -> Res<()>,
+) -> Res<()> {
+    let mut locs = re.capture_locations();
+    let mut pos = start;
+    while pos <= t.len() {
+        let Some(m) = re.captures_read_at(&mut locs, t, pos)? else {
+            break;
+        };
+        f(m.start(), &locs)?;
+        pos = if m.end() > m.start() {
+            m.end()
+        } else {
+            m.end() + 1
+        };
+    }
+    Ok(())
+}
+
+/// Digits of a phone-number match: what is left without its separators (detect.py's
+/// `_ONLY_DIGITS`).
+fn phone_digits(number: &[u8]) -> usize {
+    number.iter().filter(|c| !b" .-()+".contains(c)).count()
+}
+
 fn count(re: &Regex, t: &[u8], start: usize) -> Res<usize> {
     let mut n = 0;
     each_match(re, t, start, |_, _| {
@@ -520,24 +549,15 @@ impl Detector {
                 at = find_byte(t, p + 1, b'@');
             }
         }
-        let mut locs: CaptureLocations = self.email.capture_locations();
         let mut n = 0;
-        let mut pos = first;
-        while pos <= t.len() {
-            let Some(m) = self.email.captures_read_at(&mut locs, t, pos)? else {
-                break;
-            };
+        each_capture(&self.email, t, first, |_, locs| {
             if let Some((s, e)) = locs.get(1) {
                 if self.tld_ok.contains(&t[s..e].to_ascii_lowercase()) {
                     n += 1;
                 }
             }
-            pos = if m.end() > m.start() {
-                m.end()
-            } else {
-                m.end() + 1
-            };
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
@@ -608,28 +628,19 @@ impl Detector {
             if !on(pass) {
                 continue;
             }
-            let mut locs = re.capture_locations();
-            let mut pos = at[pass as usize];
-            while pos <= t.len() {
-                let Some(m) = re.captures_read_at(&mut locs, t, pos)? else {
-                    break;
-                };
+            each_capture(re, t, at[pass as usize], |_, locs| {
                 match locs.get(*group) {
                     // a shape without the group is always counted (findall gives "")
                     None => n += 1,
                     Some((s, e)) => {
-                        let k = t[s..e].iter().filter(|c| !b" .-()+".contains(c)).count();
+                        let k = phone_digits(&t[s..e]);
                         if k == 0 || (*lo..=*hi).contains(&k) {
                             n += 1;
                         }
                     }
                 }
-                pos = if m.end() > m.start() {
-                    m.end()
-                } else {
-                    m.end() + 1
-                };
-            }
+                Ok(())
+            })?;
         }
         if !(on(WEAK_NUMBER) && on(PHONE_WORD)) {
             return Ok(n); // a weak number counts only near a phone word or under a phone column
@@ -638,7 +649,7 @@ impl Detector {
         let header_from = at[HEADER_WORDS as usize];
         each_match(&self.phone_weak, t, at[WEAK_NUMBER as usize], |s, e| {
             let number = &t[s..e];
-            let k = number.iter().filter(|c| !b" .-()+".contains(c)).count();
+            let k = phone_digits(number);
             if !(10..=11).contains(&k) || self.national_strong.is_match(number)? {
                 return Ok(()); // not a weak number, or counted with the strong shapes
             }
@@ -704,19 +715,12 @@ impl Detector {
 
     fn ipv4_count(&self, t: &[u8], from: usize) -> Res<usize> {
         let mut n = 0;
-        let mut locs = self.ipv4.capture_locations();
-        let mut pos = 0;
         let mut rev: Vec<u8> = Vec::with_capacity(64);
-        pos = from.max(pos);
-        while pos <= t.len() {
-            let Some(m) = self.ipv4.captures_read_at(&mut locs, t, pos)? else {
-                break;
-            };
-            pos = m.end();
+        each_capture(&self.ipv4, t, from, |m_start, locs| {
             // the empty group that took part marks where the first octet starts
             let start = (1..locs.len())
                 .find_map(|i| locs.get(i))
-                .map_or(m.start(), |(s, _)| s);
+                .map_or(m_start, |(s, _)| s);
             if start > 0 && t[start - 1] >= 0x80 && maybe_word(t, back_chars(t, start, 1)) {
                 return Err(Undecided); // `str.isdigit` of a non-ASCII character
             }
@@ -733,7 +737,8 @@ impl Detector {
             if !self.version_before_reversed.is_match(&rev)? {
                 n += 1;
             }
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
