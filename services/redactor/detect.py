@@ -35,7 +35,7 @@ import string
 import threading
 from collections.abc import Callable
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 CLASSES = (
     "payment_card",
@@ -767,7 +767,7 @@ def _load_native() -> Any | None:
             (src.decode("ascii"), _PASS_NAMES[k], caseless, back)
             for (src, k, caseless, _), back in zip(_HS_GATES, _GATE_BACK, strict=True)
         ],
-        secret_literals=[(lit, caseless, word_ok) for lit, caseless, word_ok in _SECRET_LITERALS],
+        secret_literals=list(_SECRET_LITERALS),
         patterns={name: _pcre(p) for name, p in patterns.items()},
         phone_intl=[(_pcre(p)[0], lo, hi) for p, lo, hi in _PHONE_INTL],
         phone_nanp=[_pcre(p)[0] for p in _PHONE_NANP],
@@ -785,12 +785,7 @@ _NATIVE = _load_native()
 # The engine in use: "native" (Rust core; the Python detector for the rare text it hands
 # back), "hyperscan" (Python detector with the Hyperscan prefilter) or "re" (pure Python).
 ENGINES = ("native", "hyperscan", "re")
-_native_scan: Callable[[str], dict[str, int] | None] | None = (
-    _NATIVE.scan if _NATIVE is not None else None
-)
-_native_scan_all: Callable[..., dict[str, int] | None] | None = (
-    _NATIVE.scan_all if _NATIVE is not None else None
-)
+_native: Any | None = _NATIVE  # the core while it is the engine in use, else None
 _handed_back = 0
 
 
@@ -802,22 +797,19 @@ def available_engines() -> tuple[str, ...]:
 def set_engine(name: str) -> bool:
     """Use detection engine ``name`` if it is available here; returns whether it is now in
     use (otherwise nothing changes). Every engine gives the same counts for every text."""
-    global _gate, _native_scan, _native_scan_all
+    global _gate, _native
     if name not in ENGINES:
         raise ValueError(f"unknown detection engine {name!r}; one of {ENGINES}")
     if name not in available_engines():
         return False
-    if name == "native" and _NATIVE is not None:
-        _native_scan, _native_scan_all = _NATIVE.scan, _NATIVE.scan_all
-    else:
-        _native_scan = _native_scan_all = None
+    _native = _NATIVE if name == "native" else None
     # the native core hands rare texts back to Python, which then uses its best prefilter
     _gate = _re_gate if name == "re" or _HYPERSCAN is None else _HYPERSCAN
     return True
 
 
 def engine() -> str:
-    if _native_scan is not None:
+    if _native is not None:
         return "native"
     return "re" if _gate is _re_gate else "hyperscan"
 
@@ -834,8 +826,8 @@ def scan(text: str) -> dict[str, int]:
     global _handed_back
     if not text:
         return {}
-    if _native_scan is not None:
-        found = _native_scan(text)
+    if _native is not None:
+        found: dict[str, int] | None = _native.scan(text)
         if found is not None:
             return found
         _handed_back += 1
@@ -886,8 +878,8 @@ def _scan_python(text: str) -> dict[str, int]:
 
 def scan_all(*texts: str | None) -> dict[str, int]:
     """Class counts summed over ``texts`` (``None`` and empty texts are skipped)."""
-    if _native_scan_all is not None and (found := _native_scan_all(*texts)) is not None:
-        return found
+    if _native is not None and (found := _native.scan_all(*texts)) is not None:
+        return cast(dict[str, int], found)
     if len(texts) == 1:
         return scan(texts[0]) if texts[0] else {}
     total: dict[str, int] = {}
