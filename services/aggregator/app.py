@@ -55,6 +55,12 @@ NEVER_EXPIRES = date(2149, 6, 6)  # largest ClickHouse Date
 # events.cost_usd is Decimal(38, 12): round once here so what is stored is what was computed.
 COST_QUANTUM = Decimal("1e-12")
 
+# The columns of the credits table, in the order its rows are written.
+CREDIT_COLUMNS = [
+    "name", "team", "provider", "amount_usd", "starts", "expires", "source", "version",
+    "is_deleted",
+]  # fmt: skip
+
 EVENT_COLUMNS = [
     "event_id",
     "event_time",
@@ -330,17 +336,7 @@ def sync_credits(client: Client, database: str, credits: tuple[Credit, ...], sou
         client.insert(
             f"{database}.credits",
             rows,
-            column_names=[
-                "name",
-                "team",
-                "provider",
-                "amount_usd",
-                "starts",
-                "expires",
-                "source",
-                "version",
-                "is_deleted",
-            ],
+            column_names=CREDIT_COLUMNS,
         )
 
 

@@ -26,7 +26,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from typer.testing import CliRunner
 
-from services.aggregator.app import EVENT_COLUMNS
+from services.aggregator.app import CREDIT_COLUMNS, EVENT_COLUMNS
 from tests.browser import browser, check_page  # noqa: F401  (fixture)
 from trustlog.cli import app
 from trustlog.governance import roles
@@ -199,17 +199,7 @@ def world(stack: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
                 0,
             ]
         ],
-        column_names=[
-            "name",
-            "team",
-            "provider",
-            "amount_usd",
-            "starts",
-            "expires",
-            "source",
-            "version",
-            "is_deleted",
-        ],
+        column_names=CREDIT_COLUMNS,
     )
     _contest(
         ch, db, "fin-a", "chat", month + timedelta(days=2), "shared_account", ["open", "upheld"]
