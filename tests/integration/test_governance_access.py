@@ -73,14 +73,11 @@ def roles_yaml() -> dict[str, Any]:
 
 
 @dataclass
-class Gov:
-    dir: Path
+class Logins:
+    """A test ClickHouse server with the roles' accounts: log in as the admin or as one."""
+
     port: int
-    config: roles.RolesConfig
     passwords: dict[str, str]
-    proc: subprocess.Popen[bytes]
-    now: datetime
-    week: date
 
     def admin(self) -> Client:
         return clickhouse_connect.get_client(
@@ -91,6 +88,15 @@ class Gov:
         return clickhouse_connect.get_client(
             host="127.0.0.1", port=self.port, username=account, password=self.passwords[account]
         )
+
+
+@dataclass
+class Gov(Logins):
+    dir: Path
+    config: roles.RolesConfig
+    proc: subprocess.Popen[bytes]
+    now: datetime
+    week: date
 
     def service(self, service: str) -> Client:
         name = roles.SERVICE_ACCOUNTS[service]
@@ -219,7 +225,7 @@ def gov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gov]:
     now = datetime.now(UTC)
     today = now.date()
     week = today - timedelta(days=today.weekday() + 14)  # complete, and settled for 7+ days
-    g = Gov(base, port, config, passwords, proc, now, week)
+    g = Gov(port, passwords, base, config, proc, now, week)
     try:
         admin = g.admin()
         migrate.apply_migrations(admin, database=DB, detail_ttl_days=60, rollup_ttl_days=400)

@@ -21,7 +21,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 from typer.testing import CliRunner
@@ -29,6 +28,7 @@ from typer.testing import CliRunner
 from services.aggregator.app import EVENT_COLUMNS
 from tests.integration.test_governance_access import (
     ADMIN_PW,
+    Logins,
     _start,
     _stop,
     _write_server_files,
@@ -52,21 +52,9 @@ N_OLD, N_NEW = 50, 20
 
 
 @dataclass
-class Srv:
-    port: int
-    passwords: dict[str, str]
+class Srv(Logins):
     config: roles.RolesConfig
     roles_file: Path
-
-    def admin(self) -> Client:
-        return clickhouse_connect.get_client(
-            host="127.0.0.1", port=self.port, username=clickhouse.ADMIN_USER, password=ADMIN_PW
-        )
-
-    def login(self, account: str) -> Client:
-        return clickhouse_connect.get_client(
-            host="127.0.0.1", port=self.port, username=account, password=self.passwords[account]
-        )
 
     def env(self) -> dict[str, str]:
         return {
